@@ -1,0 +1,248 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/firecracker"
+)
+
+// PathMapper maps a host path to the path Firecracker must be given in API
+// calls (for a jailed Firecracker: the path inside the chroot).
+type PathMapper func(hostPath string) (string, error)
+
+// IdentityPaths is the PathMapper of an unjailed Firecracker.
+func IdentityPaths(hostPath string) (string, error) { return hostPath, nil }
+
+// LaunchRequest describes one Firecracker process to start. All paths are
+// host paths.
+type LaunchRequest struct {
+	// ID is the instance id (--id). Required.
+	ID string
+	// Dir is the VM's directory: the process's working directory. Required,
+	// must exist.
+	Dir string
+	// SocketPath is the host path of the API socket. Required.
+	SocketPath string
+	// ConsolePath receives the process's stdout and stderr (the serial
+	// console). Required.
+	ConsolePath string
+	// LogLevel overrides the launcher's Config.LogLevel when not empty.
+	LogLevel string
+	// LogPath is the Firecracker log file (--log-path); optional.
+	LogPath string
+	// MetricsPath is the metrics file (--metrics-path); optional.
+	MetricsPath string
+}
+
+// Launched is a started Firecracker process whose API socket answers.
+type Launched struct {
+	// Process is the handle on the Firecracker process.
+	Process *Process
+	// SocketPath is the host path of the API socket.
+	SocketPath string
+	// Paths maps host paths to the paths Firecracker must be given.
+	Paths PathMapper
+}
+
+// Launcher starts Firecracker processes. Launch returns once the API socket
+// answers GET /; on any failure it leaves no process and no socket behind.
+type Launcher interface {
+	Launch(ctx context.Context, req LaunchRequest) (*Launched, error)
+}
+
+// DirectLauncher starts the firecracker binary directly (no jailer); paths
+// are used as they are.
+type DirectLauncher struct {
+	// Config holds the process options.
+	Config Config
+}
+
+var _ Launcher = (*DirectLauncher)(nil)
+
+// defaultPath is the child's PATH when the caller has none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// consoleTailBytes is how much of the console is quoted in start errors.
+const consoleTailBytes = 2048
+
+// Launch starts Firecracker in its own session with stdin from /dev/null and
+// stdout+stderr appended to req.ConsolePath, removes a stale API socket
+// first, and waits up to Config.SocketTimeout for the API to answer. If the
+// process exits meanwhile the error carries its exit status and the tail of
+// the console; on timeout (or when ctx ends) the process is killed and
+// reaped and the socket removed.
+func (l *DirectLauncher) Launch(ctx context.Context, req LaunchRequest) (*Launched, error) {
+	if err := l.Config.Validate(); err != nil {
+		return nil, fmt.Errorf("vmm: launch %s: %w", req.ID, err)
+	}
+	if req.Dir == "" || req.ConsolePath == "" {
+		return nil, fmt.Errorf("vmm: launch %s: Dir and ConsolePath are required", req.ID)
+	}
+	args, err := Args(l.Config, Invocation{
+		ID: req.ID, APISocket: req.SocketPath, LogLevel: req.LogLevel,
+		LogPath: req.LogPath, MetricsPath: req.MetricsPath,
+	})
+	if err != nil {
+		return nil, err
+	}
+	bin, err := exec.LookPath(l.Config.Binary)
+	if err != nil {
+		return nil, fmt.Errorf("vmm: launch %s: %w", req.ID, err)
+	}
+	if bin, err = filepath.Abs(bin); err != nil {
+		return nil, fmt.Errorf("vmm: launch %s: %w", req.ID, err)
+	}
+	if err := removeSocket(req.SocketPath); err != nil {
+		return nil, fmt.Errorf("vmm: launch %s: removing stale API socket: %w", req.ID, err)
+	}
+	proc, err := startProcess(bin, args, req.Dir, req.ConsolePath, childEnv(l.Config.Env))
+	if err != nil {
+		return nil, fmt.Errorf("vmm: launch %s: %w", req.ID, err)
+	}
+	timeout := l.Config.SocketTimeout
+	if timeout == 0 {
+		timeout = DefaultSocketTimeout
+	}
+	if err := waitSocket(ctx, proc, req.SocketPath, timeout); err != nil {
+		if proc.Exited() {
+			st, _ := proc.Wait(context.Background())
+			err = fmt.Errorf("firecracker exited before its API socket was ready (%s); console tail:\n%s",
+				st, consoleTail(req.ConsolePath))
+		} else {
+			_ = proc.Kill()
+			_, _ = proc.Wait(context.WithoutCancel(ctx))
+		}
+		_ = proc.Close()
+		_ = removeSocket(req.SocketPath)
+		return nil, fmt.Errorf("vmm: launch %s: %w", req.ID, err)
+	}
+	return &Launched{Process: proc, SocketPath: req.SocketPath, Paths: IdentityPaths}, nil
+}
+
+// waitSocket probes GET / until it answers, the process exits, the timeout
+// passes or ctx ends.
+func waitSocket(ctx context.Context, proc *Process, socketPath string, timeout time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	// Owned by this function: ends when wctx ends (at the latest on return).
+	go func() {
+		select {
+		case <-proc.Done():
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	c := firecracker.NewClient(socketPath)
+	defer c.Close()
+	err := c.WaitReady(wctx)
+	if err == nil {
+		return nil
+	}
+	switch {
+	case proc.Exited():
+		return err
+	case ctx.Err() != nil:
+		return fmt.Errorf("waiting for API socket %s: %w", socketPath, ctx.Err())
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("timeout: API socket %s not ready after %v: %w", socketPath, timeout, err)
+	default:
+		return err
+	}
+}
+
+// childEnv returns PATH plus extra.
+func childEnv(extra []string) []string {
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = defaultPath
+	}
+	env := []string{"PATH=" + path}
+	for _, kv := range extra {
+		if strings.HasPrefix(kv, "PATH=") {
+			env[0] = kv
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// startProcess starts bin in its own session with a pidfd.
+func startProcess(bin string, args []string, dir, consolePath string, env []string) (*Process, error) {
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	defer devNull.Close()
+	console, err := os.OpenFile(consolePath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("opening console file: %w", err)
+	}
+	defer console.Close()
+	pidfd := -1
+	attr := &syscall.ProcAttr{
+		Dir:   dir,
+		Env:   env,
+		Files: []uintptr{devNull.Fd(), console.Fd(), console.Fd()},
+		Sys:   &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd},
+	}
+	pid, _, err := syscall.StartProcess(bin, append([]string{bin}, args...), attr)
+	if err != nil {
+		return nil, fmt.Errorf("starting %s: %w", bin, err)
+	}
+	if pidfd < 0 {
+		// Kernel without CLONE_PIDFD: the pid cannot be recycled before we
+		// reap it, so pidfd_open is race free for our own child.
+		if pidfd, err = unix.PidfdOpen(pid, 0); err != nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			var ws syscall.WaitStatus
+			_, _ = syscall.Wait4(pid, &ws, 0, nil)
+			return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
+		}
+	}
+	proc, err := newProcess(pid, pidfd, true)
+	if err != nil {
+		_ = unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
+		var ws syscall.WaitStatus
+		_, _ = syscall.Wait4(pid, &ws, 0, nil)
+		unix.Close(pidfd)
+		return nil, err
+	}
+	return proc, nil
+}
+
+// removeSocket removes a socket file; a missing file is not an error.
+func removeSocket(path string) error {
+	if path == "" {
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// consoleTail returns the last bytes of the console file.
+func consoleTail(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(console unreadable: %v)", err)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > consoleTailBytes {
+		_, _ = f.Seek(st.Size()-consoleTailBytes, io.SeekStart)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, consoleTailBytes))
+	return strings.TrimSpace(string(b))
+}
