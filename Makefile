@@ -4,7 +4,7 @@ GO       ?= go
 BIN      := $(CURDIR)/bin
 TESTFLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build test vet fmt-check help clean
+.PHONY: all build test vet fmt-check help clean run
 
 all: build ## Build every binary into ./bin
 
@@ -19,10 +19,27 @@ fmt-check: ## Fail when gofmt would change a file
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 test: build fmt-check vet ## Run ALL tests (root-only tests skip with a message without root)
-	VMM_EMULATOR=$(BIN)/firecracker-emulator $(GO) test $(TESTFLAGS) ./...
+	VMM_EMULATOR=$(BIN)/firecracker-emulator VMM_BIN_DIR=$(BIN) $(GO) test $(TESTFLAGS) ./...
+
+run: ## Build and start vmm-daemon for the quick start (emulator when no KVM)
+	./scripts/dev-daemon.sh
 
 clean: ## Remove build output
 	rm -rf $(BIN)
 
 help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
+
+# Protobuf code generation: protoc from Debian's protobuf-compiler package
+# (3.21.12 on bookworm), plugins pinned by the `tool` lines in go.mod.
+PROTOS := $(shell find api -name '*.proto')
+
+.PHONY: generate check-generate
+generate: ## Regenerate the committed Go code from api/**/*.proto
+	$(GO) build -o $(BIN)/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	PATH="$(BIN):$$PATH" protoc -I api --go_out=api --go_opt=paths=source_relative \
+		--go-grpc_out=api --go-grpc_opt=paths=source_relative $(PROTOS)
+
+check-generate: generate ## Fail when the committed generated code is stale
+	@git diff --exit-code -- api || { echo "generated code in api/ is stale: run 'make generate' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- api)" || { git status --porcelain -- api; echo "untracked generated files in api/: run 'make generate' and commit"; exit 1; }

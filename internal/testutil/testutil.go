@@ -6,6 +6,7 @@
 package testutil
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,43 +21,115 @@ import (
 // EmulatorPackage is the import path of the Firecracker emulator command.
 const EmulatorPackage = "github.com/firecracker-vmm/firecracker-vmm/cmd/firecracker-emulator"
 
+// binDirPrefix names the per-process directories that hold this test
+// process's private copies of the project's binaries.
+const binDirPrefix = "vmm-testbin-"
+
 var (
-	buildOnce sync.Once
-	buildPath string
-	buildErr  error
+	binMu    sync.Mutex
+	binPaths = map[string]string{} // command name → private copy
+	binDir   string                // this process's directory, created on first use
 )
 
-// Emulator returns the path of a firecracker-emulator binary. When the
-// environment variable VMM_EMULATOR names an existing file (the Makefile sets
-// it) that file is used; otherwise the emulator is built once per test binary
-// into a temporary directory that is shared by the tests of that binary.
+// Emulator returns the path of a firecracker-emulator binary private to this
+// test process (see Binary).
 func Emulator(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("VMM_EMULATOR"); p != "" {
-		if _, err := os.Stat(p); err == nil {
-			abs, err := filepath.Abs(p)
-			if err != nil {
-				t.Fatalf("emulator path %q: %v", p, err)
-			}
-			return abs
+		return privateCopy(t, "firecracker-emulator", p)
+	}
+	return Binary(t, "firecracker-emulator")
+}
+
+// Binary returns the path of the named command of this module (its
+// directory name under cmd/, e.g. "vmm-daemon"), private to this test
+// process: a hard link to (or copy of) $VMM_BIN_DIR/name when that exists
+// (the Makefile builds ./bin first), otherwise a fresh `go build`. Private
+// paths matter because leak checks find processes by executable path, and
+// go test runs several packages' test processes at once.
+//
+// The directory of copies is removed by a later test process once this one
+// has exited (there is no hook at the end of a test process).
+func Binary(t testing.TB, name string) string {
+	t.Helper()
+	if dir := os.Getenv("VMM_BIN_DIR"); dir != "" {
+		if p := filepath.Join(dir, name); fileExists(p) {
+			return privateCopy(t, name, p)
 		}
 	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fcemu-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		buildPath = filepath.Join(dir, "firecracker-emulator")
-		out, err := exec.Command("go", "build", "-o", buildPath, EmulatorPackage).CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build %s: %v\n%s", EmulatorPackage, err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("building the emulator: %v", buildErr)
+	binMu.Lock()
+	defer binMu.Unlock()
+	if p, ok := binPaths[name]; ok {
+		return p
 	}
-	return buildPath
+	dir, err := processBinDir()
+	if err != nil {
+		t.Fatalf("test binary dir: %v", err)
+	}
+	p := filepath.Join(dir, name)
+	pkg := "github.com/firecracker-vmm/firecracker-vmm/cmd/" + name
+	if out, err := exec.Command("go", "build", "-o", p, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	binPaths[name] = p
+	return p
+}
+
+// privateCopy links or copies src into this process's directory once.
+func privateCopy(t testing.TB, name, src string) string {
+	t.Helper()
+	binMu.Lock()
+	defer binMu.Unlock()
+	if p, ok := binPaths[name]; ok {
+		return p
+	}
+	dir, err := processBinDir()
+	if err != nil {
+		t.Fatalf("test binary dir: %v", err)
+	}
+	p := filepath.Join(dir, name)
+	if err := os.Link(src, p); err != nil {
+		data, rerr := os.ReadFile(src)
+		if rerr != nil {
+			t.Fatalf("copying %s: %v", src, rerr)
+		}
+		if werr := os.WriteFile(p, data, 0o755); werr != nil {
+			t.Fatalf("copying %s: %v", src, werr)
+		}
+	}
+	binPaths[name] = p
+	return p
+}
+
+// processBinDir returns this process's directory of binaries, creating it
+// and removing the directories of test processes that are gone. binMu must
+// be held.
+func processBinDir() (string, error) {
+	if binDir != "" {
+		return binDir, nil
+	}
+	tmp := os.TempDir()
+	stale, _ := filepath.Glob(filepath.Join(tmp, binDirPrefix+"*"))
+	for _, d := range stale {
+		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(d), binDirPrefix))
+		if err != nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); os.IsNotExist(err) {
+			os.RemoveAll(d)
+		}
+	}
+	dir := filepath.Join(tmp, fmt.Sprintf("%s%d", binDirPrefix, os.Getpid()))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	binDir = dir
+	return dir, nil
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
 }
 
 // ShortDir returns a fresh directory under /tmp whose path is short enough
@@ -133,4 +206,25 @@ func NoProcessesLeft(t testing.TB, exe string) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
+}
+
+// SyncBuffer is a bytes.Buffer that is safe for one writer and concurrent
+// readers (a log sink that a test inspects while the code under test runs).
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns everything written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -1,0 +1,433 @@
+// Package bench measures create→READY latency and throughput of vmm-daemon
+// against a baseline measured in the same run: the same Firecracker (or
+// emulator) processes started and configured directly through internal/vmm,
+// with no daemon. cmd/vmm-bench is its command-line front end.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	sandboxv1 "github.com/firecracker-vmm/firecracker-vmm/api/sandbox/v1"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
+)
+
+// Options configure a run.
+type Options struct {
+	// Daemon is the vmm-daemon binary. Required.
+	Daemon string
+	// Firecracker is the firecracker (or emulator) binary. Required.
+	Firecracker string
+	// Env is extra environment for every Firecracker process, in both the
+	// baseline and the daemon run (e.g. FCEMU_BOOT_DELAY_MS=100).
+	Env []string
+	// N is the number of sandboxes created per run.
+	N int
+	// Concurrency is how many creates are in flight at once.
+	Concurrency int
+	// MemoryMiB and VCPUs size every microVM.
+	MemoryMiB int
+	VCPUs     int
+	// RootfsMiB is the size of the (sparse) rootfs image.
+	RootfsMiB int
+	// Dir is a scratch directory (default: a new one under /tmp).
+	Dir string
+	// Log receives progress lines (may be nil).
+	Log io.Writer
+}
+
+// Stats summarises one series of create→READY latencies.
+type Stats struct {
+	Name       string
+	N          int
+	P50        time.Duration
+	P90        time.Duration
+	P99        time.Duration
+	Mean       time.Duration
+	Max        time.Duration
+	Wall       time.Duration
+	Throughput float64 // sandboxes per second over the wall time
+}
+
+// Summarize computes Stats from raw latencies.
+func Summarize(name string, lat []time.Duration, wall time.Duration) Stats {
+	s := Stats{Name: name, N: len(lat), Wall: wall}
+	if len(lat) == 0 {
+		return s
+	}
+	sorted := slices.Clone(lat)
+	slices.Sort(sorted)
+	var sum time.Duration
+	for _, d := range sorted {
+		sum += d
+	}
+	s.Mean = sum / time.Duration(len(sorted))
+	s.P50 = percentile(sorted, 50)
+	s.P90 = percentile(sorted, 90)
+	s.P99 = percentile(sorted, 99)
+	s.Max = sorted[len(sorted)-1]
+	if wall > 0 {
+		s.Throughput = float64(len(sorted)) / wall.Seconds()
+	}
+	return s
+}
+
+// percentile uses the nearest-rank method on sorted data.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	rank = max(rank, 1)
+	return sorted[min(rank, len(sorted))-1]
+}
+
+// Result is a complete comparison.
+type Result struct {
+	Baseline Stats
+	Daemon   Stats
+}
+
+// Ratio returns daemon/baseline for a pair of figures.
+func Ratio(daemon, baseline time.Duration) float64 {
+	if baseline <= 0 {
+		return math.NaN()
+	}
+	return float64(daemon) / float64(baseline)
+}
+
+// Fprint writes the result as a table with ratios.
+func (r Result) Fprint(w io.Writer) {
+	fmt.Fprintf(w, "%-10s %5s %10s %10s %10s %10s %10s %12s\n", "series", "n", "p50", "p90", "p99", "mean", "max", "throughput")
+	for _, s := range []Stats{r.Baseline, r.Daemon} {
+		fmt.Fprintf(w, "%-10s %5d %10s %10s %10s %10s %10s %10.1f/s\n", s.Name, s.N,
+			round(s.P50), round(s.P90), round(s.P99), round(s.Mean), round(s.Max), s.Throughput)
+	}
+	fmt.Fprintf(w, "ratio daemon/baseline: p50 %.2fx, p99 %.2fx, throughput %.2fx (daemon adds %+.0f%% at p50)\n",
+		Ratio(r.Daemon.P50, r.Baseline.P50), Ratio(r.Daemon.P99, r.Baseline.P99),
+		r.Daemon.Throughput/r.Baseline.Throughput, (Ratio(r.Daemon.P50, r.Baseline.P50)-1)*100)
+}
+
+func round(d time.Duration) string { return d.Round(10 * time.Microsecond).String() }
+
+// Run measures the baseline, then the daemon, with the same options.
+func Run(ctx context.Context, o Options) (Result, error) {
+	if o.N <= 0 || o.Concurrency <= 0 {
+		return Result{}, errors.New("bench: N and Concurrency must be > 0")
+	}
+	if o.Dir == "" {
+		dir, err := os.MkdirTemp("/tmp", "vmm-bench-")
+		if err != nil {
+			return Result{}, err
+		}
+		defer os.RemoveAll(dir)
+		o.Dir = dir
+	}
+	if err := prepareImages(o); err != nil {
+		return Result{}, err
+	}
+	base, err := runBaseline(ctx, o)
+	if err != nil {
+		return Result{}, fmt.Errorf("baseline: %w", err)
+	}
+	d, err := runDaemon(ctx, o)
+	if err != nil {
+		return Result{}, fmt.Errorf("daemon: %w", err)
+	}
+	return Result{Baseline: base, Daemon: d}, nil
+}
+
+func (o Options) kernel() string { return filepath.Join(o.Dir, "data", "kernels", "vmlinux") }
+func (o Options) rootfs() string { return filepath.Join(o.Dir, "data", "images", "rootfs.ext4") }
+
+const bootArgs = "console=ttyS0 reboot=k panic=1 pci=off"
+
+func prepareImages(o Options) error {
+	for _, d := range []string{filepath.Dir(o.kernel()), filepath.Dir(o.rootfs())} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(o.kernel(), []byte("bench kernel\n"), 0o644); err != nil {
+		return err
+	}
+	f, err := os.Create(o.rootfs())
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte("bench rootfs\n")); err != nil {
+		return err
+	}
+	return f.Truncate(int64(o.RootfsMiB) << 20)
+}
+
+func (o Options) logf(format string, args ...any) {
+	if o.Log != nil {
+		fmt.Fprintf(o.Log, format+"\n", args...)
+	}
+}
+
+// parallel runs fn(i) for i in [0,n) with c workers and returns each call's
+// latency and the wall time.
+func parallel(ctx context.Context, n, c int, fn func(ctx context.Context, i int) error) ([]time.Duration, time.Duration, error) {
+	lat := make([]time.Duration, n)
+	errs := make([]error, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range c {
+		wg.Go(func() {
+			for i := range next {
+				t0 := time.Now()
+				errs[i] = fn(ctx, i)
+				lat[i] = time.Since(t0)
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return lat, time.Since(start), errors.Join(errs...)
+}
+
+// runBaseline starts and configures Firecracker processes directly.
+func runBaseline(ctx context.Context, o Options) (Stats, error) {
+	o.logf("baseline: %d direct starts, concurrency %d", o.N, o.Concurrency)
+	launcher := &vmm.DirectLauncher{Config: vmm.Config{Binary: o.Firecracker, LogLevel: "Warning", Env: o.Env}}
+	vms := make([]*vmm.VM, o.N)
+	defer func() {
+		for _, vm := range vms {
+			if vm != nil {
+				_, _ = vm.Kill(context.WithoutCancel(ctx))
+				_ = vm.Close()
+			}
+		}
+	}()
+	lat, wall, err := parallel(ctx, o.N, o.Concurrency, func(ctx context.Context, i int) error {
+		dir := filepath.Join(o.Dir, "baseline", fmt.Sprintf("vm%04d", i))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		vm, err := vmm.Start(ctx, launcher, vmm.VMSpec{
+			ID: fmt.Sprintf("bench-%d", i), Dir: dir, VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB,
+			Kernel: o.kernel(), BootArgs: bootArgs,
+			Drives:  []vmm.DriveSpec{{ID: "rootfs", Path: o.rootfs(), Root: true}},
+			Logging: vmm.LoggingSpec{LogPath: filepath.Join(dir, "firecracker.log"), MetricsPath: filepath.Join(dir, "firecracker.metrics")},
+		})
+		vms[i] = vm
+		return err
+	})
+	return Summarize("baseline", lat, wall), err
+}
+
+// runDaemon starts vmm-daemon and measures Create until the ready event.
+func runDaemon(ctx context.Context, o Options) (Stats, error) {
+	o.logf("daemon: %d creates through vmm-daemon, concurrency %d", o.N, o.Concurrency)
+	dir := filepath.Join(o.Dir, "daemon")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Stats{}, err
+	}
+	fc, err := wrapper(dir, o.Firecracker, o.Env)
+	if err != nil {
+		return Stats{}, err
+	}
+	sock := filepath.Join(dir, "vmm.sock")
+	cfg := filepath.Join(dir, "config.toml")
+	conf := fmt.Sprintf(`[firecracker]
+binary = %q
+data_dir = %q
+log_level = "Warning"
+
+[grpc]
+unix_socket = %q
+
+[defaults]
+vcpus = %d
+memory_mib = %d
+kernel = %q
+rootfs = %q
+boot_args = %q
+
+[limits]
+max_sandboxes = %d
+
+[daemon]
+log_level = "warn"
+`, fc, filepath.Join(o.Dir, "data"), sock, o.VCPUs, o.MemoryMiB, o.kernel(), o.rootfs(), bootArgs, o.N+10)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		return Stats{}, err
+	}
+	daemonLog, err := os.Create(filepath.Join(dir, "daemon.log"))
+	if err != nil {
+		return Stats{}, err
+	}
+	defer daemonLog.Close()
+	cmd := exec.Command(o.Daemon, "--config", cfg)
+	cmd.Stdout, cmd.Stderr = daemonLog, daemonLog
+	if err := cmd.Start(); err != nil {
+		return Stats{}, err
+	}
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return Stats{}, err
+	}
+	defer conn.Close()
+	sb := sandboxv1.NewSandboxServiceClient(conn)
+	if err := waitServing(ctx, sb, cmd); err != nil {
+		log, _ := os.ReadFile(daemonLog.Name())
+		return Stats{}, fmt.Errorf("%w\ndaemon log:\n%s", err, log)
+	}
+
+	// One event stream feeds per-id waiters; events may arrive before
+	// Create returns, so outcomes are kept until claimed.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := sb.Events(sctx, &sandboxv1.EventsRequest{Actions: []string{"ready", "failed"}})
+	if err != nil {
+		return Stats{}, err
+	}
+	w := newWaiters()
+	go func() {
+		for {
+			ev, err := stream.Recv()
+			if err != nil {
+				w.fail(err)
+				return
+			}
+			w.deliver(ev)
+		}
+	}()
+	ids := make([]string, o.N)
+	lat, wall, runErr := parallel(ctx, o.N, o.Concurrency, func(ctx context.Context, i int) error {
+		resp, err := sb.Create(ctx, &sandboxv1.CreateRequest{Ttl: durationpb.New(0)})
+		if err != nil {
+			return err
+		}
+		ids[i] = resp.GetSandbox().GetId()
+		ev, err := w.wait(ctx, ids[i])
+		if err != nil {
+			return err
+		}
+		if ev.GetAction() != "ready" {
+			return fmt.Errorf("sandbox %s: %s: %v", ids[i], ev.GetAction(), ev.GetAttributes())
+		}
+		return nil
+	})
+	for _, id := range ids {
+		if id != "" {
+			_, _ = sb.Remove(context.WithoutCancel(ctx), &sandboxv1.RemoveRequest{Id: id, Force: true})
+		}
+	}
+	return Summarize("daemon", lat, wall), runErr
+}
+
+// waitServing polls List until the daemon answers (10 s at most).
+func waitServing(ctx context.Context, sb sandboxv1.SandboxServiceClient, cmd *exec.Cmd) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := sb.List(cctx, &sandboxv1.ListRequest{})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("daemon not serving after 10s: %w", err)
+		}
+		if cmd.ProcessState != nil {
+			return errors.New("daemon exited")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// wrapper writes a script that runs bin with env, so that the daemon's
+// Firecracker processes get the same environment as the baseline's.
+func wrapper(dir, bin string, env []string) (string, error) {
+	if len(env) == 0 {
+		return bin, nil
+	}
+	p := filepath.Join(dir, "firecracker-env")
+	script := "#!/bin/sh\nexec env"
+	for _, kv := range env {
+		script += fmt.Sprintf(" %q", kv)
+	}
+	script += fmt.Sprintf(" %q \"$@\"\n", bin)
+	return p, os.WriteFile(p, []byte(script), 0o755)
+}
+
+// waiters hands events to the goroutine waiting for their sandbox.
+type waiters struct {
+	mu   sync.Mutex
+	got  map[string]*sandboxv1.Event
+	ch   map[string]chan *sandboxv1.Event
+	err  error
+	dead chan struct{}
+}
+
+func newWaiters() *waiters {
+	return &waiters{got: map[string]*sandboxv1.Event{}, ch: map[string]chan *sandboxv1.Event{}, dead: make(chan struct{})}
+}
+
+func (w *waiters) deliver(ev *sandboxv1.Event) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if c, ok := w.ch[ev.GetSandboxId()]; ok {
+		c <- ev
+		delete(w.ch, ev.GetSandboxId())
+		return
+	}
+	w.got[ev.GetSandboxId()] = ev
+}
+
+func (w *waiters) fail(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.err = err
+	close(w.dead)
+}
+
+func (w *waiters) wait(ctx context.Context, id string) (*sandboxv1.Event, error) {
+	w.mu.Lock()
+	if ev, ok := w.got[id]; ok {
+		delete(w.got, id)
+		w.mu.Unlock()
+		return ev, nil
+	}
+	c := make(chan *sandboxv1.Event, 1)
+	w.ch[id] = c
+	w.mu.Unlock()
+	select {
+	case ev := <-c:
+		return ev, nil
+	case <-w.dead:
+		return nil, fmt.Errorf("event stream ended: %w", w.err)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}

@@ -1,0 +1,287 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/server"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
+)
+
+// versionTimeout bounds `firecracker --version` at start-up.
+const versionTimeout = 5 * time.Second
+
+// manager is what the daemon needs of the sandbox manager.
+type manager interface {
+	server.Manager
+	Shutdown(ctx context.Context) error
+}
+
+// Daemon is one run of vmm-daemon.
+type Daemon struct {
+	cfg   Config
+	log   *slog.Logger
+	ready chan struct{}
+	// tcpAddr is the bound TCP address; set before ready is closed.
+	tcpAddr net.Addr
+	// newManager builds the sandbox manager (tests substitute a fake).
+	newManager func(sandbox.Config) (manager, error)
+}
+
+// New returns a Daemon for a loaded configuration. log may be nil
+// (slog.Default()).
+func New(cfg Config, log *slog.Logger) *Daemon {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Daemon{
+		cfg:   cfg,
+		log:   log,
+		ready: make(chan struct{}),
+		newManager: func(c sandbox.Config) (manager, error) {
+			return sandbox.New(c)
+		},
+	}
+}
+
+// Ready is closed once the daemon serves on every listener.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// TCPAddr returns the bound address of the TCP listener (useful with port
+// 0), or nil without one. Valid once Ready is closed.
+func (d *Daemon) TCPAddr() net.Addr {
+	select {
+	case <-d.ready:
+		return d.tcpAddr
+	default:
+		return nil
+	}
+}
+
+// listener is one gRPC server and the listener it serves.
+type listener struct {
+	name string
+	srv  *grpc.Server
+	l    net.Listener
+}
+
+// Run starts the daemon and serves until ctx ends, then shuts down: it stops
+// accepting, ends the event streams, lets in-flight calls finish within
+// shutdown_timeout (then cuts them), stops every sandbox, removes the unix
+// socket and returns. It returns nil after a clean shutdown and an error
+// when start-up fails or the shutdown was not clean. Run may be called once.
+func (d *Daemon) Run(ctx context.Context) error {
+	cfg, log := d.cfg, d.log
+	if cfg.FileMissing && cfg.Path == DefaultConfigPath {
+		log.Info("config file not found; using the defaults", slog.String("path", cfg.Path))
+	} else if !cfg.FileMissing {
+		log.Info("config loaded", slog.String("path", cfg.Path))
+	}
+	if cfg.Firecracker.Jailer != nil {
+		return errors.New("[firecracker.jailer]: jailer mode is not implemented yet")
+	}
+
+	bin, version, err := probeFirecracker(ctx, cfg.Firecracker.Binary)
+	if err != nil {
+		return err
+	}
+	log.Info("firecracker", slog.String("binary", bin), slog.String("version", version))
+
+	gid := -1
+	if cfg.GRPC.SocketGroup != "" {
+		if gid, err = lookupGroup(cfg.GRPC.SocketGroup); err != nil {
+			return fmt.Errorf("grpc.socket_group: %w", err)
+		}
+	}
+	sock := cfg.GRPC.UnixSocket
+	ul, err := listenUnix(ctx, sock, gid, log)
+	if err != nil {
+		return err
+	}
+	// From here on the socket is ours; every failure path closes it, which
+	// unlinks it.
+	defer removeSocket(sock, log)
+
+	if err := prepareDataDir(cfg.Firecracker.DataDir); err != nil {
+		ul.Close()
+		return err
+	}
+	for _, dir := range cfg.AllowedDirs() {
+		if _, err := os.Stat(dir); err != nil {
+			log.Warn("allowed directory is not accessible", slog.String("dir", dir), slog.Any("error", err))
+		}
+	}
+
+	exchange := events.NewExchange(events.Options{})
+	defer exchange.Close()
+	mgr, err := d.newManager(sandbox.Config{
+		DataDir:          cfg.Firecracker.DataDir,
+		AllowedDirs:      cfg.AllowedDirs(),
+		DefaultVCPUs:     cfg.Defaults.VCPUs,
+		DefaultMemoryMiB: cfg.Defaults.MemoryMiB,
+		DefaultKernel:    cfg.Defaults.Kernel,
+		DefaultRootfs:    cfg.Defaults.Rootfs,
+		DefaultBootArgs:  cfg.Defaults.BootArgs,
+		MaxVCPUs:         cfg.Limits.MaxVCPUs,
+		MinMemoryMiB:     cfg.Limits.MinMemoryMiB,
+		MaxMemoryMiB:     cfg.Limits.MaxMemoryMiB,
+		MaxSandboxes:     cfg.Limits.MaxSandboxes,
+		StopTimeout:      cfg.StopTimeout(),
+		Launcher:         &vmm.DirectLauncher{Config: cfg.VMMConfig(bin)},
+		Events:           exchange,
+		Logger:           log,
+	})
+	if err != nil {
+		ul.Close()
+		return fmt.Errorf("sandbox manager: %w", err)
+	}
+
+	hs := health.NewServer()
+	srvCfg := server.Config{Manager: mgr, Events: exchange, Health: hs, Logger: log}
+	listeners := []listener{{name: "unix", srv: server.NewGRPCServer(srvCfg), l: ul}}
+	if addr := cfg.GRPC.TCPAddr; addr != "" {
+		opts, err := tcpServerOptions(cfg.GRPC, log)
+		var tl net.Listener
+		if err == nil {
+			tl, err = listenTCP(ctx, addr)
+		}
+		if err != nil {
+			ul.Close()
+			return errors.Join(err, d.stopManager(ctx, mgr))
+		}
+		listeners = append(listeners, listener{name: "tcp", srv: server.NewGRPCServer(srvCfg, opts...), l: tl})
+	}
+
+	serveErr := make(chan error, len(listeners))
+	var wg sync.WaitGroup
+	for _, ln := range listeners {
+		wg.Go(func() {
+			if err := ln.srv.Serve(ln.l); err != nil {
+				serveErr <- fmt.Errorf("serving gRPC on %s: %w", ln.l.Addr(), err)
+			}
+		})
+	}
+	attrs := []any{slog.String("socket", sock), slog.String("data_dir", cfg.Firecracker.DataDir)}
+	if len(listeners) > 1 {
+		d.tcpAddr = listeners[1].l.Addr()
+		attrs = append(attrs, slog.String("tcp", d.tcpAddr.String()))
+	}
+	log.Info("vmm-daemon ready", attrs...)
+	close(d.ready)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", slog.Any("reason", context.Cause(ctx)))
+	case runErr = <-serveErr:
+		log.Error("shutting down after a listener failed", slog.Any("error", runErr))
+	}
+	hs.Shutdown()
+	exchange.Close() // ends the Events streams so that GracefulStop can finish
+	d.stopServers(listeners)
+	wg.Wait()
+	return errors.Join(runErr, d.stopManager(ctx, mgr))
+}
+
+// stopServers stops accepting and lets in-flight calls finish within the
+// shutdown timeout, then closes what remains.
+func (d *Daemon) stopServers(listeners []listener) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for _, ln := range listeners {
+			wg.Go(ln.srv.GracefulStop)
+		}
+		wg.Wait()
+	}()
+	t := time.NewTimer(d.cfg.ShutdownTimeout())
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		d.log.Warn("in-flight calls did not finish within the shutdown timeout; cutting them",
+			slog.Duration("shutdown_timeout", d.cfg.ShutdownTimeout()))
+		for _, ln := range listeners {
+			ln.srv.Stop()
+		}
+		<-done
+	}
+}
+
+// stopManager stops every sandbox within the shutdown timeout.
+func (d *Daemon) stopManager(ctx context.Context, mgr manager) error {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout())
+	defer cancel()
+	if err := mgr.Shutdown(sctx); err != nil {
+		return fmt.Errorf("stopping sandboxes: %w", err)
+	}
+	d.log.Info("all sandboxes stopped")
+	return nil
+}
+
+// removeSocket removes the unix socket (closing the listener usually did).
+func removeSocket(path string, log *slog.Logger) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.Warn("removing the socket", slog.String("path", path), slog.Any("error", err))
+	}
+}
+
+// prepareDataDir creates the data dir and its subdirectories.
+func prepareDataDir(dir string) error {
+	for _, d := range []struct {
+		path string
+		mode os.FileMode
+	}{
+		{dir, 0o755},
+		{filepath.Join(dir, "kernels"), 0o755},
+		{filepath.Join(dir, "images"), 0o755},
+		{filepath.Join(dir, "sandboxes"), 0o700},
+		{filepath.Join(dir, "snapshots"), 0o700},
+	} {
+		if err := os.MkdirAll(d.path, d.mode); err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// probeFirecracker resolves the firecracker binary and returns its path and
+// the first line of its --version output.
+func probeFirecracker(ctx context.Context, binary string) (path, version string, err error) {
+	path, err = exec.LookPath(binary)
+	if err == nil {
+		path, err = filepath.Abs(path)
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("firecracker binary %q not found or not executable; install Firecracker or set [firecracker].binary in the config: %w",
+			binary, err)
+	}
+	vctx, cancel := context.WithTimeout(ctx, versionTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(vctx, path, "--version")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.WaitDelay = time.Second
+	if err := cmd.Run(); err != nil {
+		return "", "", fmt.Errorf("firecracker binary %s: `--version` failed: %w: %s", path, err, strings.TrimSpace(out.String()))
+	}
+	version, _, _ = strings.Cut(strings.TrimSpace(out.String()), "\n")
+	return path, version, nil
+}

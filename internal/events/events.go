@@ -1,0 +1,249 @@
+// Package events is the daemon's in-process lifecycle event exchange.
+//
+// Publishers (the sandbox manager) call Publish, which never blocks: each
+// subscriber has a bounded buffer, and a subscriber whose buffer is full is
+// dropped with ErrSlowConsumer instead of slowing the publisher down. The
+// exchange keeps the most recent events in a bounded ring so that a
+// subscriber can resume from a sequence number.
+//
+// # Concurrency properties
+//
+// All methods are safe for concurrent use. Events reach every subscriber in
+// publication order, with strictly increasing sequence numbers. A
+// Subscription's channel is closed when the subscription ends (its context
+// ends, Close is called, it falls behind, or the exchange is closed); Err
+// then says why.
+//
+// It imports the standard library only.
+package events
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+)
+
+// ErrSlowConsumer ends a subscription whose buffer overflowed.
+var ErrSlowConsumer = errors.New("events: subscriber fell behind and was disconnected")
+
+// ErrClosed ends every subscription when the exchange is closed.
+var ErrClosed = errors.New("events: exchange closed")
+
+// ErrHistoryGone is returned by Subscribe when the requested sequence is
+// older than the retained history.
+var ErrHistoryGone = errors.New("events: requested sequence is no longer retained")
+
+// Event is one lifecycle event.
+type Event struct {
+	// Seq is assigned by Publish: 1 for the first event, then +1 each.
+	Seq uint64
+	// SandboxID is the sandbox the event is about.
+	SandboxID string
+	// Action says what happened (created, ready, failed, stopping, stopped,
+	// exited, removed, expired, ...).
+	Action string
+	// State is the sandbox's state after the event (lower case).
+	State string
+	// Time is assigned by Publish when zero.
+	Time time.Time
+	// Attributes carry details (reason, exit status, ...). Not mutated
+	// after Publish.
+	Attributes map[string]string
+}
+
+// Filter selects events. Zero values match everything.
+type Filter struct {
+	// SandboxID keeps only events of that sandbox.
+	SandboxID string
+	// Actions keeps only these actions.
+	Actions []string
+}
+
+// Match reports whether ev passes the filter.
+func (f Filter) Match(ev Event) bool {
+	if f.SandboxID != "" && ev.SandboxID != f.SandboxID {
+		return false
+	}
+	return len(f.Actions) == 0 || slices.Contains(f.Actions, ev.Action)
+}
+
+// Options size an Exchange.
+type Options struct {
+	// Buffer is each subscriber's channel capacity (default 256).
+	Buffer int
+	// History is how many recent events are retained for resumption
+	// (default 1024).
+	History int
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Exchange fans events out to subscribers.
+type Exchange struct {
+	buffer  int
+	history int
+	now     func() time.Time
+
+	// mu guards the fields that follow.
+	mu     sync.Mutex
+	seq    uint64
+	ring   []Event // the last `history` events, oldest first
+	subs   map[*Subscription]struct{}
+	closed bool
+}
+
+// NewExchange returns an empty exchange.
+func NewExchange(o Options) *Exchange {
+	if o.Buffer <= 0 {
+		o.Buffer = 256
+	}
+	if o.History <= 0 {
+		o.History = 1024
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Exchange{buffer: o.Buffer, history: o.History, now: o.Now, subs: map[*Subscription]struct{}{}}
+}
+
+// SetSeq sets the last used sequence number (used when resuming from a
+// durable store). It must be called before the first Publish.
+func (x *Exchange) SetSeq(seq uint64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.seq = seq
+}
+
+// Publish assigns ev its sequence number (and time when zero), retains it
+// and delivers it to every matching subscriber without blocking. It returns
+// the event as published.
+func (x *Exchange) Publish(ev Event) Event {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.seq++
+	ev.Seq = x.seq
+	if ev.Time.IsZero() {
+		ev.Time = x.now()
+	}
+	ev.Attributes = maps.Clone(ev.Attributes)
+	if len(x.ring) == x.history {
+		x.ring = slices.Delete(x.ring, 0, 1)
+	}
+	x.ring = append(x.ring, ev)
+	if x.closed {
+		return ev
+	}
+	for s := range x.subs {
+		if !s.filter.Match(ev) {
+			continue
+		}
+		select {
+		case s.ch <- ev:
+		default:
+			x.endLocked(s, ErrSlowConsumer)
+		}
+	}
+	return ev
+}
+
+// Subscribe starts a subscription. With since > 0, retained events with a
+// greater sequence number are delivered first; if events after since are no
+// longer retained, Subscribe fails with ErrHistoryGone. The subscription ends
+// when ctx ends.
+func (x *Exchange) Subscribe(ctx context.Context, f Filter, since uint64) (*Subscription, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.closed {
+		return nil, ErrClosed
+	}
+	var replay []Event
+	if since > 0 {
+		if len(x.ring) > 0 && x.ring[0].Seq > since+1 {
+			return nil, ErrHistoryGone
+		}
+		for _, ev := range x.ring {
+			if ev.Seq > since && f.Match(ev) {
+				replay = append(replay, ev)
+			}
+		}
+	}
+	s := &Subscription{x: x, filter: f, ch: make(chan Event, x.buffer+len(replay)), done: make(chan struct{})}
+	for _, ev := range replay {
+		s.ch <- ev
+	}
+	x.subs[s] = struct{}{}
+	s.stop = context.AfterFunc(ctx, func() { s.end(ctx.Err()) })
+	return s, nil
+}
+
+// Close ends every subscription with ErrClosed. Later Publish calls are
+// retained but not delivered; later Subscribe calls fail.
+func (x *Exchange) Close() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.closed = true
+	for s := range x.subs {
+		x.endLocked(s, ErrClosed)
+	}
+}
+
+// LastSeq returns the sequence number of the last published event.
+func (x *Exchange) LastSeq() uint64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.seq
+}
+
+// endLocked ends s with err. x.mu must be held.
+func (x *Exchange) endLocked(s *Subscription, err error) {
+	if _, ok := x.subs[s]; !ok {
+		return
+	}
+	delete(x.subs, s)
+	s.err = err
+	close(s.ch)
+	close(s.done)
+}
+
+// Subscription is one subscriber's view of the exchange.
+type Subscription struct {
+	x      *Exchange
+	filter Filter
+	ch     chan Event
+	done   chan struct{}
+	stop   func() bool // set under x.mu
+	err    error       // set under x.mu before ch is closed
+}
+
+// C returns the channel of events. It is closed when the subscription ends.
+func (s *Subscription) C() <-chan Event { return s.ch }
+
+// Done is closed when the subscription ends.
+func (s *Subscription) Done() <-chan struct{} { return s.done }
+
+// Err says why the subscription ended (nil while it runs). Call it after C
+// is closed.
+func (s *Subscription) Err() error {
+	s.x.mu.Lock()
+	defer s.x.mu.Unlock()
+	return s.err
+}
+
+// Close ends the subscription.
+func (s *Subscription) Close() { s.end(nil) }
+
+func (s *Subscription) end(err error) {
+	if err == nil {
+		err = context.Canceled
+	}
+	s.x.mu.Lock()
+	s.x.endLocked(s, err)
+	stop := s.stop
+	s.x.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}

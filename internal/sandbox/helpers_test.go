@@ -1,0 +1,371 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
+)
+
+// fakeRuntime is a runtime whose machines are plain values: no process.
+type fakeRuntime struct {
+	// Options, fixed before the manager is built.
+	startDelay time.Duration // Start waits this long (or until ctx ends)
+	startErr   error         // Start fails with this error
+	ignoreCAD  bool          // Shutdown's graceful request is ignored
+	exitAfter  time.Duration // a machine exits on its own this long after Start
+	exitWith   vmm.ExitStatus
+
+	mu       sync.Mutex
+	specs    []vmm.VMSpec
+	machines []*fakeMachine
+	pid      int
+}
+
+func (r *fakeRuntime) Start(ctx context.Context, spec vmm.VMSpec) (machine, error) {
+	r.mu.Lock()
+	r.specs = append(r.specs, spec)
+	r.pid++
+	pid := 1000 + r.pid
+	r.mu.Unlock()
+	if r.startDelay > 0 {
+		select {
+		case <-time.After(r.startDelay):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("fake start: %w", ctx.Err())
+		}
+	}
+	if r.startErr != nil {
+		return nil, r.startErr
+	}
+	m := &fakeMachine{pid: pid, done: make(chan struct{}), ignoreCAD: r.ignoreCAD}
+	if r.exitAfter > 0 {
+		st := r.exitWith
+		m.timer = time.AfterFunc(r.exitAfter, func() { m.exit(st) })
+	}
+	r.mu.Lock()
+	r.machines = append(r.machines, m)
+	r.mu.Unlock()
+	return m, nil
+}
+
+// live counts machines that have not exited.
+func (r *fakeRuntime) live() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.machines {
+		select {
+		case <-m.done:
+		default:
+			n++
+		}
+	}
+	return n
+}
+
+type fakeMachine struct {
+	pid       int
+	done      chan struct{}
+	ignoreCAD bool
+	timer     *time.Timer
+
+	once sync.Once
+	mu   sync.Mutex
+	st   vmm.ExitStatus
+}
+
+func (m *fakeMachine) exit(st vmm.ExitStatus) {
+	m.once.Do(func() {
+		m.mu.Lock()
+		m.st = st
+		m.mu.Unlock()
+		close(m.done)
+	})
+}
+
+func (m *fakeMachine) status() vmm.ExitStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st
+}
+
+func (m *fakeMachine) Pid() int              { return m.pid }
+func (m *fakeMachine) Done() <-chan struct{} { return m.done }
+
+func (m *fakeMachine) Wait(ctx context.Context) (vmm.ExitStatus, error) {
+	select {
+	case <-m.done:
+		return m.status(), nil
+	case <-ctx.Done():
+		return vmm.ExitStatus{}, ctx.Err()
+	}
+}
+
+func (m *fakeMachine) Shutdown(ctx context.Context) (vmm.ExitStatus, error) {
+	if !m.ignoreCAD {
+		m.exit(vmm.ExitStatus{Known: true})
+	}
+	select {
+	case <-m.done:
+		return m.status(), nil
+	case <-ctx.Done():
+	}
+	return m.Kill(ctx)
+}
+
+func (m *fakeMachine) Kill(context.Context) (vmm.ExitStatus, error) {
+	if m.timer != nil {
+		m.timer.Stop()
+	}
+	m.exit(vmm.ExitStatus{Known: true, Signal: syscall.SIGKILL})
+	return m.status(), nil
+}
+
+// recorder collects every event of an exchange.
+type recorder struct {
+	mu     sync.Mutex
+	evs    []events.Event
+	notify chan struct{}
+}
+
+func newRecorder(t *testing.T, x *events.Exchange) *recorder {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	sub, err := x.Subscribe(ctx, events.Filter{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &recorder{notify: make(chan struct{}, 1)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range sub.C() {
+			r.mu.Lock()
+			r.evs = append(r.evs, ev)
+			r.mu.Unlock()
+			select {
+			case r.notify <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if err := sub.Err(); errors.Is(err, events.ErrSlowConsumer) {
+			t.Errorf("event recorder fell behind")
+		}
+	})
+	return r
+}
+
+// of returns the events of sandbox id.
+func (r *recorder) of(id string) []events.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []events.Event
+	for _, ev := range r.evs {
+		if ev.SandboxID == id {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// actions returns "action/state" strings of sandbox id's events.
+func (r *recorder) actions(id string) []string {
+	var out []string
+	for _, ev := range r.of(id) {
+		out = append(out, ev.Action+"/"+ev.State)
+	}
+	return out
+}
+
+// wait waits until sandbox id has an event with action and returns it.
+func (r *recorder) wait(t *testing.T, id, action string, timeout time.Duration) events.Event {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		for _, ev := range r.of(id) {
+			if ev.Action == action {
+				return ev
+			}
+		}
+		select {
+		case <-r.notify:
+		case <-deadline:
+			t.Fatalf("sandbox %s: no %q event after %v; got %v", id, action, timeout, r.actions(id))
+		}
+	}
+}
+
+// testEnv is a manager over a temporary data dir with a kernel and a
+// rootfs in the default allowed directories.
+type testEnv struct {
+	dataDir string
+	kernel  string
+	rootfs  string
+	x       *events.Exchange
+	rec     *recorder
+	m       *Manager
+}
+
+// newTestEnv builds a manager on rt (nil: the real vmm runtime with
+// cfg.Launcher). mutate adjusts the config.
+func newTestEnv(t *testing.T, dataDir string, rt runtime, mutate func(*Config)) *testEnv {
+	t.Helper()
+	e := &testEnv{dataDir: dataDir, x: events.NewExchange(events.Options{Buffer: 4096})}
+	for _, d := range []string{"kernels", "images"} {
+		if err := os.MkdirAll(filepath.Join(dataDir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.kernel = filepath.Join(dataDir, "kernels", "vmlinux")
+	e.rootfs = filepath.Join(dataDir, "images", "rootfs.ext4")
+	writeFile(t, e.kernel, 4096)
+	writeSparse(t, e.rootfs, 8<<20)
+	e.rec = newRecorder(t, e.x)
+	cfg := Config{
+		DataDir:       dataDir,
+		DefaultKernel: e.kernel,
+		DefaultRootfs: e.rootfs,
+		Events:        e.x,
+		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+		StopTimeout:   2 * time.Second,
+	}
+	if testing.Verbose() {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	var err error
+	if rt == nil {
+		e.m, err = New(cfg)
+	} else {
+		e.m, err = newManager(cfg, rt)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := e.m.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		e.x.Close()
+	})
+	return e
+}
+
+func writeFile(t *testing.T, path string, size int) {
+	t.Helper()
+	if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeSparse creates a sparse file of size bytes with a little data.
+func writeSparse(t *testing.T, path string, size int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("rootfs-data"), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitState polls until sandbox id is in state want.
+func (e *testEnv) waitState(t *testing.T, id string, want State, timeout time.Duration) Sandbox {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s, err := e.m.Get(t.Context(), id)
+		if err != nil {
+			t.Fatalf("get %s: %v", id, err)
+		}
+		if s.State == want {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox %s: state %s after %v, want %s (reason %q)", id, s.State, timeout, want, s.FailureReason)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// sandboxDirs lists data_dir/sandboxes (nil when it does not exist).
+func (e *testEnv) sandboxDirs(t *testing.T) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(e.dataDir, "sandboxes"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, en := range entries {
+		names = append(names, en.Name())
+	}
+	return names
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// nopLauncher is a Launcher that is never expected to run.
+type nopLauncher struct{}
+
+func (nopLauncher) Launch(context.Context, vmm.LaunchRequest) (*vmm.Launched, error) {
+	return nil, errors.New("nopLauncher: not for launching")
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func ctxWithTimeout(t *testing.T, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(t.Context(), d)
+}
+
+// expect waits until sandbox id has exactly the events want
+// ("action/state"), which arrive asynchronously, and fails otherwise.
+func (r *recorder) expect(t *testing.T, id string, want ...string) {
+	t.Helper()
+	deadline := time.After(2 * time.Second)
+	for {
+		got := r.actions(id)
+		if slices.Equal(got, want) {
+			return
+		}
+		select {
+		case <-r.notify:
+		case <-time.After(20 * time.Millisecond):
+		case <-deadline:
+			t.Errorf("sandbox %s: events %v, want %v", id, got, want)
+			return
+		}
+	}
+}

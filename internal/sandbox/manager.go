@@ -1,0 +1,834 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/disk"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultVCPUs        = 1
+	DefaultMemoryMiB    = 512
+	DefaultBootArgs     = "console=ttyS0 reboot=k panic=1 pci=off"
+	DefaultMinMemoryMiB = 128
+	DefaultMaxMemoryMiB = 32768
+	DefaultMaxSandboxes = 1000
+	DefaultStopTimeout  = 10 * time.Second
+	DefaultBootTimeout  = 60 * time.Second
+)
+
+// File names inside a sandbox directory.
+const (
+	SocketName  = vmm.DefaultAPISocketName // firecracker.sock
+	LogName     = "firecracker.log"
+	MetricsName = "firecracker.metrics"
+	ConsoleName = vmm.DefaultConsoleName // console.log
+	DiskName    = "rootfs.ext4"
+	// rootDriveID is the Firecracker drive id of the sandbox's disk.
+	rootDriveID = "rootfs"
+)
+
+// Config configures a Manager. The daemon builds it from the TOML config.
+type Config struct {
+	// DataDir is the daemon's data directory (absolute); sandboxes live in
+	// DataDir/sandboxes/{id}. Required.
+	DataDir string
+	// AllowedDirs are extra directories (absolute) that kernel, initrd and
+	// rootfs paths may resolve into, after symlinks. DataDir/kernels and
+	// DataDir/images are always allowed.
+	AllowedDirs []string
+	// Defaults for CreateRequest fields left zero (DefaultVCPUs,
+	// DefaultMemoryMiB and DefaultBootArgs have package defaults; kernel
+	// and rootfs have none and must then be given in each request).
+	DefaultVCPUs     int
+	DefaultMemoryMiB int
+	DefaultKernel    string
+	DefaultRootfs    string
+	DefaultBootArgs  string
+	// Limits.
+	MaxVCPUs     int // default 32 (Firecracker's maximum)
+	MinMemoryMiB int // default 128
+	MaxMemoryMiB int // default 32768
+	MaxSandboxes int // default 1000
+	// StopTimeout is the default graceful-stop timeout (default 10 s).
+	StopTimeout time.Duration
+	// BootTimeout bounds a boot, from launching Firecracker to
+	// InstanceStart's answer (default 60 s); a boot that takes longer
+	// fails.
+	BootTimeout time.Duration
+	// Launcher starts Firecracker processes (vmm.DirectLauncher, later the
+	// jailer). Required.
+	Launcher vmm.Launcher
+	// Events receives every lifecycle event. Required.
+	Events *events.Exchange
+	// Logger is the structured logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// withDefaults validates cfg and fills in the defaults.
+func (cfg Config) withDefaults() (Config, error) {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if cfg.DataDir == "" || !filepath.IsAbs(cfg.DataDir) {
+		add("data dir %q: an absolute path is required", cfg.DataDir)
+	}
+	cfg.DataDir = filepath.Clean(cfg.DataDir)
+	dirs := []string{filepath.Join(cfg.DataDir, "kernels"), filepath.Join(cfg.DataDir, "images")}
+	for _, d := range cfg.AllowedDirs {
+		if !filepath.IsAbs(d) {
+			add("allowed dir %q: must be absolute", d)
+			continue
+		}
+		if d = filepath.Clean(d); !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	cfg.AllowedDirs = dirs
+	setDefault(&cfg.DefaultVCPUs, DefaultVCPUs)
+	setDefault(&cfg.DefaultMemoryMiB, DefaultMemoryMiB)
+	setDefault(&cfg.MaxVCPUs, vmm.MaxVCPUs)
+	setDefault(&cfg.MinMemoryMiB, DefaultMinMemoryMiB)
+	setDefault(&cfg.MaxMemoryMiB, DefaultMaxMemoryMiB)
+	setDefault(&cfg.MaxSandboxes, DefaultMaxSandboxes)
+	setDefault(&cfg.StopTimeout, DefaultStopTimeout)
+	setDefault(&cfg.BootTimeout, DefaultBootTimeout)
+	if cfg.DefaultBootArgs == "" {
+		cfg.DefaultBootArgs = DefaultBootArgs
+	}
+	if cfg.MaxVCPUs < 1 || cfg.MaxVCPUs > vmm.MaxVCPUs {
+		add("max vcpus %d: must be between 1 and %d", cfg.MaxVCPUs, vmm.MaxVCPUs)
+	}
+	if cfg.MinMemoryMiB < 1 || cfg.MinMemoryMiB > cfg.MaxMemoryMiB {
+		add("memory limits %d..%d MiB: need 1 <= min <= max", cfg.MinMemoryMiB, cfg.MaxMemoryMiB)
+	}
+	if cfg.DefaultVCPUs < 1 || cfg.DefaultVCPUs > cfg.MaxVCPUs {
+		add("default vcpus %d: must be between 1 and %d", cfg.DefaultVCPUs, cfg.MaxVCPUs)
+	}
+	if cfg.DefaultMemoryMiB < cfg.MinMemoryMiB || cfg.DefaultMemoryMiB > cfg.MaxMemoryMiB {
+		add("default memory %d MiB: must be between %d and %d", cfg.DefaultMemoryMiB, cfg.MinMemoryMiB, cfg.MaxMemoryMiB)
+	}
+	if err := checkBootArgs(cfg.DefaultBootArgs); err != nil {
+		add("default boot args: %v", errors.Unwrap(err))
+	}
+	if cfg.MaxSandboxes < 1 {
+		add("max sandboxes %d: must be positive", cfg.MaxSandboxes)
+	}
+	if cfg.StopTimeout < 0 || cfg.BootTimeout < 0 {
+		add("stop and boot timeouts must not be negative")
+	}
+	if cfg.Events == nil {
+		add("an event exchange is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return cfg, fmt.Errorf("sandbox manager config: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return cfg, nil
+}
+
+func setDefault[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
+// Manager owns the registry of sandboxes and their lifecycle. Its methods
+// are safe for concurrent use.
+type Manager struct {
+	cfg          Config
+	rt           runtime
+	events       *events.Exchange
+	log          *slog.Logger
+	ids          *idGenerator
+	now          func() time.Time
+	sandboxesDir string
+
+	// baseCtx parents every background goroutine's context; it is
+	// cancelled at the end of Shutdown.
+	baseCtx    context.Context
+	baseCancel context.CancelFunc
+	// shutdownDone is closed when Shutdown has finished.
+	shutdownDone chan struct{}
+
+	// wg tracks every background goroutine. Add is only called with mu
+	// held while closing is false, or from a tracked goroutine.
+	wg sync.WaitGroup
+
+	// mu guards the fields that follow. It is held only briefly.
+	mu        sync.Mutex
+	sandboxes map[string]*instance
+	reserved  int // creates past validation, not yet registered
+	closing   bool
+}
+
+// instance is the manager's record of one sandbox.
+type instance struct {
+	id string
+	// op serializes operations on this sandbox (Stop, Remove, expiry): a
+	// one-slot semaphore, so that waiting for it honours a context.
+	op chan struct{}
+	// cancel ends the background goroutine (boot, then watch); done is
+	// closed when it has returned.
+	cancel context.CancelFunc
+	done   chan struct{}
+	log    *slog.Logger
+
+	// mu guards the fields that follow; never held across blocking calls.
+	mu      sync.Mutex
+	rec     Sandbox
+	vm      machine     // nil when no VMM runs (or before READY)
+	ttl     *time.Timer // nil without TTL
+	removed bool
+}
+
+// lock takes the operation lock or fails when ctx ends first.
+func (inst *instance) lock(ctx context.Context) error {
+	select {
+	case inst.op <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("sandbox %s: waiting for a concurrent operation: %w", inst.id, ctx.Err())
+	}
+}
+
+func (inst *instance) unlock() { <-inst.op }
+
+// snapshot returns a deep copy of the record. inst.mu must be held.
+func (inst *instance) snapshotLocked() Sandbox {
+	s := inst.rec
+	s.Labels = maps.Clone(s.Labels)
+	s.Network.DNS = slices.Clone(s.Network.DNS)
+	return s
+}
+
+// New validates cfg and returns a Manager. The sandboxes directory is
+// created on the first Create.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Launcher == nil {
+		return nil, fmt.Errorf("sandbox manager config: a launcher is required: %w", errdefs.ErrInvalidArgument)
+	}
+	return newManager(cfg, vmmRuntime{launcher: cfg.Launcher})
+}
+
+// newManager is New with the runtime given (tests pass a fake).
+func newManager(cfg Config, rt runtime) (*Manager, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{
+		cfg:          cfg,
+		rt:           rt,
+		events:       cfg.Events,
+		log:          cfg.Logger,
+		ids:          newIDGenerator(nil),
+		now:          time.Now,
+		sandboxesDir: filepath.Join(cfg.DataDir, "sandboxes"),
+		baseCtx:      ctx,
+		baseCancel:   cancel,
+		shutdownDone: make(chan struct{}),
+		sandboxes:    map[string]*instance{},
+	}, nil
+}
+
+// SandboxesDir returns data_dir/sandboxes.
+func (m *Manager) SandboxesDir() string { return m.sandboxesDir }
+
+// AllowedDirs returns the directories request paths may resolve into.
+func (m *Manager) AllowedDirs() []string { return slices.Clone(m.cfg.AllowedDirs) }
+
+// errShuttingDown is returned by Create once Shutdown has begun.
+func errShuttingDown() error {
+	return fmt.Errorf("the sandbox manager is shutting down: %w", errdefs.ErrUnavailable)
+}
+
+// Create validates req, registers a sandbox in StateStarting, prepares its
+// directory and disk copy, and boots it in the background. It returns at
+// once.
+func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err error) {
+	if err := ctx.Err(); err != nil {
+		return Sandbox{}, fmt.Errorf("create: %w", err)
+	}
+	m.mu.Lock()
+	closing := m.closing
+	m.mu.Unlock()
+	if closing {
+		return Sandbox{}, errShuttingDown()
+	}
+	p, err := m.validate(req)
+	if err != nil {
+		return Sandbox{}, fmt.Errorf("create: %w", err)
+	}
+	defer p.rootfsFile.Close()
+
+	// Reserve a slot so that concurrent creates cannot pass the cap.
+	m.mu.Lock()
+	switch {
+	case m.closing:
+		m.mu.Unlock()
+		return Sandbox{}, errShuttingDown()
+	case len(m.sandboxes)+m.reserved >= m.cfg.MaxSandboxes:
+		m.mu.Unlock()
+		return Sandbox{}, fmt.Errorf("create: the limit of %d sandboxes is reached; remove some first: %w",
+			m.cfg.MaxSandboxes, errdefs.ErrResourceExhausted)
+	}
+	m.reserved++
+	m.mu.Unlock()
+	registered := false
+	defer func() {
+		if !registered {
+			m.mu.Lock()
+			m.reserved--
+			m.mu.Unlock()
+		}
+	}()
+
+	id := m.ids.New()
+	log := m.log.With("sandbox", id)
+	dir := filepath.Join(m.sandboxesDir, id)
+	if err := os.MkdirAll(m.sandboxesDir, 0o700); err != nil {
+		return Sandbox{}, fmt.Errorf("create: preparing %s: %w", m.sandboxesDir, err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return Sandbox{}, fmt.Errorf("create: sandbox directory: %w", err)
+	}
+	defer func() {
+		if !registered {
+			_ = os.RemoveAll(dir)
+		}
+	}()
+	diskPath := filepath.Join(dir, DiskName)
+	method, err := disk.CloneFile(ctx, p.rootfsFile, diskPath, disk.Options{})
+	if err != nil {
+		if ctx.Err() != nil {
+			return Sandbox{}, fmt.Errorf("create: copying the rootfs: %w", ctx.Err())
+		}
+		return Sandbox{}, fmt.Errorf("create: copying the rootfs: %w", err)
+	}
+	log.Debug("rootfs copied", "source", p.rootfs, "disk", diskPath, "method", string(method))
+
+	now := m.now()
+	rec := Sandbox{
+		ID:     id,
+		Labels: p.labels,
+		State:  StateStarting,
+		Hardware: Hardware{
+			VCPUs: p.vcpus, MemoryMiB: p.memoryMiB,
+			Kernel: p.kernel, Initrd: p.initrd, Rootfs: p.rootfs, Disk: diskPath,
+			BootArgs: p.bootArgs, TrackDirtyPages: p.trackDirtyPages,
+		},
+		Process: Process{
+			APISocket:   filepath.Join(dir, SocketName),
+			LogPath:     filepath.Join(dir, LogName),
+			MetricsPath: filepath.Join(dir, MetricsName),
+			ConsolePath: filepath.Join(dir, ConsoleName),
+		},
+		Dir:       dir,
+		CreatedAt: now,
+		TTL:       p.ttl,
+	}
+	if rec.Labels == nil {
+		rec.Labels = map[string]string{}
+	}
+	if p.ttl > 0 {
+		rec.ExpiresAt = now.Add(p.ttl)
+	}
+	spec := vmm.VMSpec{
+		ID: id, Dir: dir, APISocket: rec.Process.APISocket, ConsolePath: rec.Process.ConsolePath,
+		VCPUs: p.vcpus, MemoryMiB: p.memoryMiB, TrackDirtyPages: p.trackDirtyPages,
+		Kernel: p.kernel, Initrd: p.initrd, BootArgs: p.bootArgs,
+		Drives:  []vmm.DriveSpec{{ID: rootDriveID, Path: diskPath, Root: true}},
+		Logging: vmm.LoggingSpec{LogPath: rec.Process.LogPath, MetricsPath: rec.Process.MetricsPath},
+	}
+	runCtx, cancel := context.WithCancel(m.baseCtx)
+	inst := &instance{id: id, op: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), log: log, rec: rec}
+
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		cancel()
+		return Sandbox{}, errShuttingDown()
+	}
+	m.reserved--
+	registered = true
+	m.sandboxes[id] = inst
+	m.wg.Add(1)
+	m.mu.Unlock()
+
+	attrs := map[string]string{"vcpus": strconv.Itoa(p.vcpus), "memory_mib": strconv.Itoa(p.memoryMiB)}
+	if p.ttl > 0 {
+		attrs["ttl"] = p.ttl.String()
+		inst.ttl = time.AfterFunc(p.ttl, func() { m.expire(id) })
+	}
+	m.publishLocked(inst, ActionCreated, attrs)
+	log.Info("sandbox created", "vcpus", p.vcpus, "memory_mib", p.memoryMiB, "kernel", p.kernel,
+		"rootfs", p.rootfs, "disk_method", string(method), "ttl", p.ttl)
+	go m.run(runCtx, inst, spec)
+	return inst.snapshotLocked(), nil
+}
+
+// run is a sandbox's background goroutine: it boots the VMM and then
+// watches it until it exits or ctx is cancelled (by Stop or Remove, which
+// then own the VMM).
+func (m *Manager) run(ctx context.Context, inst *instance, spec vmm.VMSpec) {
+	defer m.wg.Done()
+	defer close(inst.done)
+	mach, ok := m.boot(ctx, inst, spec)
+	if !ok {
+		return
+	}
+	select {
+	case <-mach.Done():
+	case <-ctx.Done():
+		return
+	}
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	if s := inst.rec.State; s != StateReady && s != StateRunning {
+		return // a stop is in progress and handles the exit
+	}
+	// The process has ended: Wait only collects the status and removes
+	// the sockets.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	st, err := mach.Wait(wctx)
+	cancel()
+	inst.vm = nil
+	inst.rec.Process.PID = 0
+	inst.rec.StoppedAt = m.now()
+	attrs := exitAttrs(st)
+	to := StateFailed
+	switch {
+	case err != nil:
+		inst.rec.FailureReason = fmt.Sprintf("the VMM exited unexpectedly (%v)", err)
+	case st.Known && st.Signal == 0 && st.Code == 0:
+		to = StateStopped
+		inst.rec.FailureReason = "the VMM exited on its own with exit status 0 (the guest shut down)"
+	default:
+		inst.rec.FailureReason = fmt.Sprintf("the VMM exited unexpectedly (%s)", st)
+	}
+	attrs["reason"] = inst.rec.FailureReason
+	m.transitionLocked(inst, to, ActionExited, attrs)
+	inst.log.Warn("VMM exited on its own", "status", st.String(), "state", string(to))
+}
+
+// boot starts the VMM and records the outcome: READY (ok true, the
+// machine returned for watching) or FAILED. When a Stop or Remove took the
+// sandbox over meanwhile, the machine (if any) is handed to it.
+func (m *Manager) boot(ctx context.Context, inst *instance, spec vmm.VMSpec) (machine, bool) {
+	bctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
+	defer cancel()
+	start := m.now()
+	mach, err := m.rt.Start(bctx, spec)
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	if inst.rec.State != StateStarting {
+		inst.vm = mach // may be nil; the stop in progress deals with it
+		return nil, false
+	}
+	if err != nil {
+		reason := err.Error()
+		if errors.Is(bctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+			reason = fmt.Sprintf("boot did not finish within %v: %v", m.cfg.BootTimeout, err)
+		}
+		inst.rec.FailureReason = reason
+		inst.rec.StoppedAt = m.now()
+		m.transitionLocked(inst, StateFailed, ActionFailed, map[string]string{"reason": reason})
+		inst.log.Error("boot failed", "error", reason)
+		return nil, false
+	}
+	inst.vm = mach
+	inst.rec.ReadyAt = m.now()
+	inst.rec.Process.PID = mach.Pid()
+	m.transitionLocked(inst, StateReady, ActionReady, map[string]string{
+		"pid": strconv.Itoa(mach.Pid()), "boot_ms": strconv.FormatInt(inst.rec.ReadyAt.Sub(start).Milliseconds(), 10),
+	})
+	inst.log.Info("sandbox ready", "pid", mach.Pid(), "boot_time", inst.rec.ReadyAt.Sub(start))
+	return mach, true
+}
+
+// exitAttrs describes an exit status as event attributes.
+func exitAttrs(st vmm.ExitStatus) map[string]string {
+	a := map[string]string{"exit_status": st.String()}
+	if st.Known {
+		if st.Signal != 0 {
+			a["signal"] = st.Signal.String()
+		} else {
+			a["exit_code"] = strconv.Itoa(st.Code)
+		}
+	}
+	return a
+}
+
+// publishLocked publishes an event about inst in its current state.
+// inst.mu must be held, which keeps each sandbox's events in order.
+func (m *Manager) publishLocked(inst *instance, action string, attrs map[string]string) {
+	m.events.Publish(events.Event{
+		SandboxID: inst.id, Action: action, State: string(inst.rec.State), Time: m.now(), Attributes: attrs,
+	})
+}
+
+// transitionLocked moves inst to state to and publishes action. A move the
+// state machine forbids is a bug: it is logged and refused. inst.mu must
+// be held.
+func (m *Manager) transitionLocked(inst *instance, to State, action string, attrs map[string]string) bool {
+	from := inst.rec.State
+	if !allowed(from, to) {
+		inst.log.Error("refused state transition (bug)", "from", string(from), "to", string(to), "action", action)
+		return false
+	}
+	inst.rec.State = to
+	m.publishLocked(inst, action, attrs)
+	inst.log.Debug("state changed", "from", string(from), "to", string(to), "action", action)
+	return true
+}
+
+// lookup validates id and finds its sandbox.
+func (m *Manager) lookup(id string) (*instance, error) {
+	if !ValidID(id) {
+		shown := id
+		if len(shown) > 40 {
+			shown = shown[:40] + "..."
+		}
+		return nil, fmt.Errorf("sandbox id %s: must be %d characters of 0-9 and a-z (without i, l, o, u): %w",
+			strconv.QuoteToASCII(shown), IDLength, errdefs.ErrInvalidArgument)
+	}
+	m.mu.Lock()
+	inst := m.sandboxes[id]
+	m.mu.Unlock()
+	if inst == nil {
+		return nil, notFound(id)
+	}
+	return inst, nil
+}
+
+func notFound(id string) error { return fmt.Errorf("sandbox %s: %w", id, errdefs.ErrNotFound) }
+
+// lockLive finds id and takes its operation lock; the sandbox is still
+// registered when it returns nil. The caller unlocks.
+func (m *Manager) lockLive(ctx context.Context, id string) (*instance, error) {
+	inst, err := m.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	if err := inst.lock(ctx); err != nil {
+		return nil, err
+	}
+	inst.mu.Lock()
+	removed := inst.removed
+	inst.mu.Unlock()
+	if removed {
+		inst.unlock()
+		return nil, notFound(id)
+	}
+	return inst, nil
+}
+
+// Get returns one sandbox.
+func (m *Manager) Get(ctx context.Context, id string) (Sandbox, error) {
+	inst, err := m.lookup(id)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	if inst.removed {
+		return Sandbox{}, notFound(id)
+	}
+	return inst.snapshotLocked(), nil
+}
+
+// List returns the sandboxes that match f, ordered by id.
+func (m *Manager) List(ctx context.Context, f ListFilter) ([]Sandbox, error) {
+	for _, s := range f.States {
+		if !s.Valid() {
+			return nil, fmt.Errorf("state filter %s: want one of %v: %w",
+				strconv.QuoteToASCII(string(s)), States, errdefs.ErrInvalidArgument)
+		}
+	}
+	m.mu.Lock()
+	insts := slices.Collect(maps.Values(m.sandboxes))
+	m.mu.Unlock()
+	out := make([]Sandbox, 0, len(insts))
+	for _, inst := range insts {
+		inst.mu.Lock()
+		ok := !inst.removed && matches(f, &inst.rec)
+		var s Sandbox
+		if ok {
+			s = inst.snapshotLocked()
+		}
+		inst.mu.Unlock()
+		if ok {
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b Sandbox) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// matches reports whether s passes f.
+func matches(f ListFilter, s *Sandbox) bool {
+	if len(f.States) > 0 && !slices.Contains(f.States, s.State) {
+		return false
+	}
+	for k, v := range f.Labels {
+		if got, ok := s.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Stop stops a sandbox gracefully within timeout (0: Config.StopTimeout),
+// then forcibly, and returns it in StateStopped. A sandbox that is still
+// starting has its boot cancelled. Stopping a stopped or failed sandbox is
+// a FailedPrecondition.
+func (m *Manager) Stop(ctx context.Context, id string, timeout time.Duration) (Sandbox, error) {
+	if timeout < 0 {
+		return Sandbox{}, fmt.Errorf("stop timeout %v: must not be negative: %w", timeout, errdefs.ErrInvalidArgument)
+	}
+	if timeout == 0 {
+		timeout = m.cfg.StopTimeout
+	}
+	inst, err := m.lockLive(ctx, id)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	defer inst.unlock()
+	if err := m.stopLocked(ctx, inst, timeout, false, "stop requested"); err != nil {
+		return Sandbox{}, err
+	}
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	return inst.snapshotLocked(), nil
+}
+
+// stopLocked moves a live sandbox through STOPPING to STOPPED: it cancels
+// the boot or the watcher, then shuts the VMM down (SendCtrlAltDel, wait up
+// to timeout, SIGKILL) or, with force, kills it at once. The caller holds
+// the operation lock. The stop always completes: when ctx ends the VMM is
+// killed rather than left running.
+func (m *Manager) stopLocked(ctx context.Context, inst *instance, timeout time.Duration, force bool, reason string) error {
+	inst.mu.Lock()
+	from := inst.rec.State
+	switch from {
+	case StateStopped:
+		inst.mu.Unlock()
+		return fmt.Errorf("sandbox %s is already stopped: %w", inst.id, errdefs.ErrFailedPrecondition)
+	case StateFailed:
+		inst.mu.Unlock()
+		return fmt.Errorf("sandbox %s has failed and is not running (remove it): %w", inst.id, errdefs.ErrFailedPrecondition)
+	}
+	if !m.transitionLocked(inst, StateStopping, ActionStopping, map[string]string{"reason": reason}) {
+		inst.mu.Unlock()
+		return fmt.Errorf("sandbox %s: cannot stop in state %s: %w", inst.id, from, errdefs.ErrFailedPrecondition)
+	}
+	inst.mu.Unlock()
+	inst.log.Info("stopping sandbox", "from", string(from), "timeout", timeout, "force", force, "reason", reason)
+
+	// End the background goroutine: a boot is cancelled (vmm.Start kills
+	// and reaps a half-started VMM); a watcher returns. Either way this
+	// stop then owns the VMM, if there is one.
+	inst.cancel()
+	<-inst.done
+	inst.mu.Lock()
+	mach := inst.vm
+	inst.mu.Unlock()
+
+	attrs := map[string]string{"reason": reason}
+	if mach != nil {
+		var st vmm.ExitStatus
+		var err error
+		if force {
+			st, err = mach.Kill(ctx)
+		} else {
+			sctx, cancel := context.WithTimeout(ctx, timeout)
+			st, err = mach.Shutdown(sctx)
+			cancel()
+		}
+		maps.Copy(attrs, exitAttrs(st))
+		forced := force || (st.Known && st.Signal == syscall.SIGKILL)
+		attrs["forced"] = strconv.FormatBool(forced)
+		if err != nil {
+			attrs["error"] = err.Error()
+			inst.log.Error("stopping the VMM", "error", err)
+		}
+		inst.log.Info("VMM stopped", "status", st.String(), "forced", forced)
+	} else if from == StateStarting {
+		attrs["boot_cancelled"] = "true"
+	}
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	inst.vm = nil
+	inst.rec.Process.PID = 0
+	inst.rec.StoppedAt = m.now()
+	m.transitionLocked(inst, StateStopped, ActionStopped, attrs)
+	return nil
+}
+
+// Remove deletes a sandbox and every resource it holds. A sandbox that is
+// not stopped or failed needs force, which kills its VMM (or cancels its
+// boot) without a graceful wait.
+func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
+	inst, err := m.lockLive(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer inst.unlock()
+	return m.removeLocked(ctx, inst, force, "remove requested")
+}
+
+// removeLocked is Remove with the operation lock held.
+func (m *Manager) removeLocked(ctx context.Context, inst *instance, force bool, reason string) error {
+	inst.mu.Lock()
+	state := inst.rec.State
+	inst.mu.Unlock()
+	if !state.Final() {
+		if !force {
+			return fmt.Errorf("sandbox %s is %s; stop it first or remove it with --force: %w",
+				inst.id, state, errdefs.ErrFailedPrecondition)
+		}
+		if err := m.stopLocked(ctx, inst, 0, true, reason); err != nil {
+			return err
+		}
+	}
+	inst.mu.Lock()
+	dir := inst.rec.Dir
+	if inst.ttl != nil {
+		inst.ttl.Stop()
+	}
+	inst.mu.Unlock()
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("sandbox %s: removing %s: %w", inst.id, dir, err)
+	}
+	m.mu.Lock()
+	delete(m.sandboxes, inst.id)
+	m.mu.Unlock()
+	inst.mu.Lock()
+	inst.removed = true
+	m.publishLocked(inst, ActionRemoved, map[string]string{"reason": reason})
+	inst.mu.Unlock()
+	inst.log.Info("sandbox removed", "reason", reason)
+	return nil
+}
+
+// expire removes a sandbox whose TTL ran out. It runs on the timer's
+// goroutine, tracked by the manager's WaitGroup unless Shutdown has begun.
+func (m *Manager) expire(id string) {
+	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		return
+	}
+	inst := m.sandboxes[id]
+	if inst == nil {
+		m.mu.Unlock()
+		return
+	}
+	m.wg.Add(1)
+	m.mu.Unlock()
+	defer m.wg.Done()
+
+	ctx := m.baseCtx
+	if err := inst.lock(ctx); err != nil {
+		return
+	}
+	defer inst.unlock()
+	inst.mu.Lock()
+	if inst.removed {
+		inst.mu.Unlock()
+		return
+	}
+	m.publishLocked(inst, ActionExpired, map[string]string{"reason": "ttl", "ttl": inst.rec.TTL.String()})
+	inst.mu.Unlock()
+	inst.log.Info("sandbox TTL expired")
+	if err := m.removeLocked(context.WithoutCancel(ctx), inst, true, "ttl"); err != nil {
+		inst.log.Error("removing expired sandbox", "error", err)
+	}
+}
+
+// Shutdown stops every sandbox (gracefully within Config.StopTimeout, in
+// parallel), removes it and everything it holds (the registry is in memory
+// only, so nothing would own the files after a restart), and waits for all
+// background work. When ctx ends first, the remaining VMMs are killed
+// instead of waited for, and ctx's error is returned. Create fails with
+// ErrUnavailable from now on.
+func (m *Manager) Shutdown(ctx context.Context) error {
+	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		select {
+		case <-m.shutdownDone:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("sandbox manager shutdown: %w", ctx.Err())
+		}
+	}
+	m.closing = true
+	insts := slices.Collect(maps.Values(m.sandboxes))
+	m.mu.Unlock()
+	m.log.Info("stopping all sandboxes", "count", len(insts))
+
+	var wg sync.WaitGroup
+	for _, inst := range insts {
+		inst.mu.Lock()
+		if inst.ttl != nil {
+			inst.ttl.Stop()
+		}
+		inst.mu.Unlock()
+		wg.Go(func() {
+			// Not bounded by ctx: the stop itself turns into a kill when
+			// ctx ends, and must complete.
+			if err := inst.lock(context.WithoutCancel(ctx)); err != nil {
+				return
+			}
+			defer inst.unlock()
+			inst.mu.Lock()
+			removed, final := inst.removed, inst.rec.State.Final()
+			inst.mu.Unlock()
+			if removed {
+				return
+			}
+			if !final {
+				if err := m.stopLocked(ctx, inst, m.cfg.StopTimeout, false, "daemon shutdown"); err != nil {
+					inst.log.Error("stopping sandbox at shutdown", "error", err)
+					return
+				}
+			}
+			// The registry lives in memory only: release the sandbox's
+			// files too, or they would be orphaned by the next start.
+			if err := m.removeLocked(context.WithoutCancel(ctx), inst, true, "daemon shutdown"); err != nil {
+				inst.log.Error("removing sandbox at shutdown", "error", err)
+			}
+		})
+	}
+	wg.Wait()
+	m.wg.Wait()
+	m.baseCancel()
+	close(m.shutdownDone)
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("sandbox manager shutdown: graceful stops cut short: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,278 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
+)
+
+// Request limits.
+const (
+	// MaxBootArgsLen is the longest accepted kernel command line.
+	MaxBootArgsLen = vmm.MaxBootArgs
+	// MaxLabels is the most labels a sandbox may carry.
+	MaxLabels = 64
+	// MaxLabelKeyLen is the longest label key.
+	MaxLabelKeyLen = 63
+	// MaxLabelValueLen is the longest label value, in characters.
+	MaxLabelValueLen = 255
+	// MaxTTL is the longest accepted time to live.
+	MaxTTL = 30 * 24 * time.Hour
+)
+
+// labelKeyRE is the form of a label key: letters, digits, '.', '_', '/'
+// and '-', starting and ending with a letter or digit.
+var labelKeyRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,61}[a-zA-Z0-9])?$`)
+
+// plan is a validated CreateRequest with defaults applied and paths
+// resolved. rootfs is the checked, open source image; the caller closes it.
+type plan struct {
+	vcpus           int
+	memoryMiB       int
+	kernel          string
+	initrd          string
+	rootfs          string
+	rootfsFile      *os.File
+	bootArgs        string
+	labels          map[string]string
+	ttl             time.Duration
+	trackDirtyPages bool
+}
+
+// invalid returns an InvalidArgument error.
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), errdefs.ErrInvalidArgument)
+}
+
+// validate checks req against the limits and the allowed directories. It
+// opens nothing but the request's own files (read-only) and writes nothing.
+func (m *Manager) validate(req CreateRequest) (p *plan, err error) {
+	p = &plan{
+		vcpus: req.VCPUs, memoryMiB: req.MemoryMiB, bootArgs: req.BootArgs,
+		labels: maps.Clone(req.Labels), ttl: req.TTL, trackDirtyPages: req.TrackDirtyPages,
+	}
+	if p.vcpus == 0 {
+		p.vcpus = m.cfg.DefaultVCPUs
+	}
+	if p.memoryMiB == 0 {
+		p.memoryMiB = m.cfg.DefaultMemoryMiB
+	}
+	if p.bootArgs == "" {
+		p.bootArgs = m.cfg.DefaultBootArgs
+	}
+	if p.vcpus < 1 || p.vcpus > m.cfg.MaxVCPUs {
+		return nil, invalid("vcpus %d: must be between 1 and %d", p.vcpus, m.cfg.MaxVCPUs)
+	}
+	if p.memoryMiB < m.cfg.MinMemoryMiB || p.memoryMiB > m.cfg.MaxMemoryMiB {
+		return nil, invalid("memory %d MiB: must be between %d and %d MiB", p.memoryMiB, m.cfg.MinMemoryMiB, m.cfg.MaxMemoryMiB)
+	}
+	if err := checkBootArgs(p.bootArgs); err != nil {
+		return nil, err
+	}
+	if err := checkLabels(p.labels); err != nil {
+		return nil, err
+	}
+	if p.ttl < 0 || p.ttl > MaxTTL {
+		return nil, invalid("ttl %v: must be between 0 (none) and %v", p.ttl, MaxTTL)
+	}
+
+	kernel := req.Kernel
+	if kernel == "" {
+		kernel = m.cfg.DefaultKernel
+	}
+	rootfs := req.Rootfs
+	if rootfs == "" {
+		rootfs = m.cfg.DefaultRootfs
+	}
+	allowed := m.allowedDirs()
+	if p.kernel, err = checkFile(allowed, "kernel", kernel); err != nil {
+		return nil, err
+	}
+	if req.Initrd != "" {
+		if p.initrd, err = checkFile(allowed, "initrd", req.Initrd); err != nil {
+			return nil, err
+		}
+	}
+	if p.rootfs, p.rootfsFile, err = openFile(allowed, "rootfs", rootfs); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// checkBootArgs rejects over-long command lines and control characters.
+func checkBootArgs(s string) error {
+	if len(s) > MaxBootArgsLen {
+		return invalid("boot args: %d bytes, the limit is %d", len(s), MaxBootArgsLen)
+	}
+	if !utf8.ValidString(s) {
+		return invalid("boot args: not valid UTF-8")
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return invalid("boot args: control character %q not allowed", r)
+		}
+	}
+	return nil
+}
+
+// checkLabels validates label count, keys and values.
+func checkLabels(labels map[string]string) error {
+	if len(labels) > MaxLabels {
+		return invalid("%d labels: at most %d are allowed", len(labels), MaxLabels)
+	}
+	for k, v := range labels {
+		if len(k) > MaxLabelKeyLen || !labelKeyRE.MatchString(k) {
+			return invalid("label key %s: must be 1-%d characters of letters, digits, '.', '_', '/' and '-', "+
+				"starting and ending with a letter or digit", strconv.QuoteToASCII(k), MaxLabelKeyLen)
+		}
+		if !utf8.ValidString(v) {
+			return invalid("label %s: value is not valid UTF-8", k)
+		}
+		if n := utf8.RuneCountInString(v); n > MaxLabelValueLen {
+			return invalid("label %s: value has %d characters, the limit is %d", k, n, MaxLabelValueLen)
+		}
+		for _, r := range v {
+			if !unicode.IsPrint(r) {
+				return invalid("label %s: value contains the non-printable character %q", k, r)
+			}
+		}
+	}
+	return nil
+}
+
+// allowedDirs returns the allowed directories with symlinks resolved;
+// directories that do not exist (yet) are left out.
+func (m *Manager) allowedDirs() []string {
+	var dirs []string
+	for _, d := range m.cfg.AllowedDirs {
+		if r, err := filepath.EvalSymlinks(d); err == nil {
+			dirs = append(dirs, r)
+		}
+	}
+	return dirs
+}
+
+// within reports whether path lies strictly inside one of dirs (all
+// absolute and clean).
+func within(dirs []string, path string) bool {
+	for _, d := range dirs {
+		rel, err := filepath.Rel(d, path)
+		if err == nil && rel != "." && filepath.IsLocal(rel) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkFile validates a path like openFile and closes the file again. It
+// returns the resolved path, which the caller uses from then on.
+func checkFile(allowed []string, kind, path string) (string, error) {
+	resolved, f, err := openFile(allowed, kind, path)
+	if err != nil {
+		return "", err
+	}
+	f.Close()
+	return resolved, nil
+}
+
+// openFile resolves path (absolute, symlinks followed), requires it to be a
+// regular file inside one of the allowed directories, opens the resolved
+// path without following a symlink and checks the descriptor again (type
+// and real path), so that a file swapped in after the check is refused.
+func openFile(allowed []string, kind, path string) (string, *os.File, error) {
+	q := strconv.QuoteToASCII(path)
+	switch {
+	case path == "":
+		return "", nil, invalid("%s: no path given and no default configured", kind)
+	case strings.ContainsRune(path, 0):
+		return "", nil, invalid("%s %s: contains a NUL byte", kind, q)
+	case !filepath.IsAbs(path):
+		return "", nil, invalid("%s %s: must be an absolute path", kind, q)
+	}
+	outside := func() error {
+		return fmt.Errorf("%s %s: outside the allowed directories (%s): %w",
+			kind, q, strings.Join(allowed, ", "), errdefs.ErrPermissionDenied)
+	}
+	resolved, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		// Do not reveal whether paths outside the allowed directories exist.
+		if !within(allowed, filepath.Clean(path)) {
+			return "", nil, outside()
+		}
+		switch {
+		case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+			return "", nil, fmt.Errorf("%s %s: no such file: %w", kind, q, errdefs.ErrNotFound)
+		case errors.Is(err, fs.ErrPermission):
+			return "", nil, fmt.Errorf("%s %s: %w", kind, q, errdefs.ErrPermissionDenied)
+		default:
+			return "", nil, invalid("%s %s: cannot be resolved: %v", kind, q, err)
+		}
+	}
+	if !within(allowed, resolved) {
+		return "", nil, outside()
+	}
+	fi, err := os.Lstat(resolved)
+	if err != nil {
+		return "", nil, fmt.Errorf("%s %s: %v: %w", kind, q, err, errdefs.ErrNotFound)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", nil, invalid("%s %s: not a regular file (%s)", kind, q, fileType(fi.Mode()))
+	}
+	fd, err := unix.Open(resolved, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return "", nil, fmt.Errorf("%s %s: no such file: %w", kind, q, errdefs.ErrNotFound)
+		}
+		return "", nil, fmt.Errorf("%s %s: changed while being checked or unreadable (%v): %w",
+			kind, q, err, errdefs.ErrPermissionDenied)
+	}
+	f := os.NewFile(uintptr(fd), resolved)
+	fail := func(err error) (string, *os.File, error) {
+		f.Close()
+		return "", nil, err
+	}
+	if fi, err = f.Stat(); err != nil {
+		return fail(fmt.Errorf("%s %s: %v: %w", kind, q, err, errdefs.ErrNotFound))
+	}
+	if !fi.Mode().IsRegular() {
+		return fail(invalid("%s %s: not a regular file (%s)", kind, q, fileType(fi.Mode())))
+	}
+	real, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil || real != resolved || !within(allowed, real) {
+		return fail(fmt.Errorf("%s %s: changed while being checked: %w", kind, q, errdefs.ErrPermissionDenied))
+	}
+	return resolved, f, nil
+}
+
+// fileType names a non-regular file type for messages.
+func fileType(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeSymlink != 0:
+		return "symlink"
+	case m&fs.ModeNamedPipe != 0:
+		return "named pipe"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	default:
+		return m.Type().String()
+	}
+}

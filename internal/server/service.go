@@ -1,0 +1,236 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+
+	sandboxv1 "github.com/firecracker-vmm/firecracker-vmm/api/sandbox/v1"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs/errgrpc"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
+)
+
+// Manager is what the server needs of the sandbox manager
+// (*sandbox.Manager implements it).
+type Manager interface {
+	Create(ctx context.Context, req sandbox.CreateRequest) (sandbox.Sandbox, error)
+	Get(ctx context.Context, id string) (sandbox.Sandbox, error)
+	List(ctx context.Context, f sandbox.ListFilter) ([]sandbox.Sandbox, error)
+	Stop(ctx context.Context, id string, timeout time.Duration) (sandbox.Sandbox, error)
+	Remove(ctx context.Context, id string, force bool) error
+}
+
+// EventSource is what the server needs of the event exchange
+// (*events.Exchange implements it).
+type EventSource interface {
+	Subscribe(ctx context.Context, f events.Filter, since uint64) (*events.Subscription, error)
+}
+
+var (
+	_ Manager     = (*sandbox.Manager)(nil)
+	_ EventSource = (*events.Exchange)(nil)
+)
+
+// knownActions are the event actions a client may filter on.
+var knownActions = []string{
+	sandbox.ActionCreated, sandbox.ActionReady, sandbox.ActionFailed, sandbox.ActionStopping,
+	sandbox.ActionStopped, sandbox.ActionExited, sandbox.ActionRemoved, sandbox.ActionExpired,
+	"checkpointed", "restored",
+}
+
+// Service implements sandbox.v1.SandboxService on top of a Manager and an
+// EventSource.
+type Service struct {
+	sandboxv1.UnimplementedSandboxServiceServer
+
+	manager Manager
+	events  EventSource
+	log     *slog.Logger
+}
+
+var _ sandboxv1.SandboxServiceServer = (*Service)(nil)
+
+// NewService returns a Service. log may be nil (slog.Default()).
+func NewService(m Manager, ev EventSource, log *slog.Logger) *Service {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Service{manager: m, events: ev, log: log}
+}
+
+// Create converts the request and asks the manager for a new sandbox.
+func (s *Service) Create(ctx context.Context, req *sandboxv1.CreateRequest) (*sandboxv1.CreateResponse, error) {
+	ttl, err := durationFromProto("ttl", req.GetTtl())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	sb, err := s.manager.Create(ctx, sandbox.CreateRequest{
+		VCPUs:           int(req.GetVcpus()),
+		MemoryMiB:       int(req.GetMemoryMib()),
+		Kernel:          req.GetKernel(),
+		Initrd:          req.GetInitrd(),
+		Rootfs:          req.GetRootfs(),
+		BootArgs:        req.GetBootArgs(),
+		Labels:          req.GetLabels(),
+		TTL:             ttl,
+		TrackDirtyPages: req.GetTrackDirtyPages(),
+	})
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &sandboxv1.CreateResponse{Sandbox: sandboxToProto(sb)}, nil
+}
+
+// Run answers UNIMPLEMENTED: it needs the guest agent.
+func (s *Service) Run(*sandboxv1.RunRequest, grpc.ServerStreamingServer[sandboxv1.ProcessOutput]) error {
+	return errgrpc.ToGRPC(fmt.Errorf("Run needs the in-guest agent (vsock), which is not implemented yet: %w",
+		errdefs.ErrNotImplemented))
+}
+
+// Exec answers UNIMPLEMENTED: it needs the guest agent.
+func (s *Service) Exec(grpc.BidiStreamingServer[sandboxv1.ExecRequest, sandboxv1.ProcessOutput]) error {
+	return errgrpc.ToGRPC(fmt.Errorf("Exec needs the in-guest agent (vsock), which is not implemented yet: %w",
+		errdefs.ErrNotImplemented))
+}
+
+// Stop stops a sandbox and returns it.
+func (s *Service) Stop(ctx context.Context, req *sandboxv1.StopRequest) (*sandboxv1.StopResponse, error) {
+	timeout, err := durationFromProto("timeout", req.GetTimeout())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	sb, err := s.manager.Stop(ctx, req.GetId(), timeout)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &sandboxv1.StopResponse{Sandbox: sandboxToProto(sb)}, nil
+}
+
+// Remove deletes a sandbox.
+func (s *Service) Remove(ctx context.Context, req *sandboxv1.RemoveRequest) (*sandboxv1.RemoveResponse, error) {
+	if err := s.manager.Remove(ctx, req.GetId(), req.GetForce()); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &sandboxv1.RemoveResponse{}, nil
+}
+
+// Inspect returns one sandbox.
+func (s *Service) Inspect(ctx context.Context, req *sandboxv1.InspectRequest) (*sandboxv1.InspectResponse, error) {
+	sb, err := s.manager.Get(ctx, req.GetId())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &sandboxv1.InspectResponse{Sandbox: sandboxToProto(sb)}, nil
+}
+
+// List returns the sandboxes that match the filters.
+func (s *Service) List(ctx context.Context, req *sandboxv1.ListRequest) (*sandboxv1.ListResponse, error) {
+	f := sandbox.ListFilter{Labels: req.GetLabels()}
+	for _, st := range req.GetStates() {
+		ds, err := stateFromProto(st)
+		if err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		if !slices.Contains(f.States, ds) {
+			f.States = append(f.States, ds)
+		}
+	}
+	list, err := s.manager.List(ctx, f)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	resp := &sandboxv1.ListResponse{Sandboxes: make([]*sandboxv1.Sandbox, 0, len(list))}
+	for _, sb := range list {
+		resp.Sandboxes = append(resp.Sandboxes, sandboxToProto(sb))
+	}
+	return resp, nil
+}
+
+// Events streams lifecycle events until the client goes away or the
+// subscription ends. A subscriber that falls behind gets RESOURCE_EXHAUSTED;
+// when the daemon shuts down the stream ends with UNAVAILABLE.
+func (s *Service) Events(req *sandboxv1.EventsRequest, stream grpc.ServerStreamingServer[sandboxv1.Event]) error {
+	f := events.Filter{SandboxID: req.GetId()}
+	if f.SandboxID != "" && !sandbox.ValidID(f.SandboxID) {
+		return errgrpc.ToGRPC(fmt.Errorf("events: sandbox id %q: must be 12 characters of 0-9 and a-z except i, l, o, u: %w",
+			f.SandboxID, errdefs.ErrInvalidArgument))
+	}
+	for _, a := range req.GetActions() {
+		if !slices.Contains(knownActions, a) {
+			return errgrpc.ToGRPC(fmt.Errorf("events: unknown action %q (known: %v): %w", a, knownActions, errdefs.ErrInvalidArgument))
+		}
+		if !slices.Contains(f.Actions, a) {
+			f.Actions = append(f.Actions, a)
+		}
+	}
+	ctx := stream.Context()
+	sub, err := s.events.Subscribe(ctx, f, req.GetSince())
+	switch {
+	case errors.Is(err, events.ErrHistoryGone):
+		return errgrpc.ToGRPC(fmt.Errorf("events since %d are no longer retained; subscribe with since 0: %w",
+			req.GetSince(), errdefs.ErrFailedPrecondition))
+	case errors.Is(err, events.ErrClosed):
+		return errgrpc.ToGRPC(fmt.Errorf("daemon shutting down: %w", errdefs.ErrUnavailable))
+	case err != nil:
+		return errgrpc.ToGRPC(err)
+	}
+	defer sub.Close()
+	for ev := range sub.C() {
+		if err := stream.Send(eventToProto(ev)); err != nil {
+			return errgrpc.ToGRPC(err)
+		}
+	}
+	switch err := sub.Err(); {
+	case errors.Is(err, events.ErrSlowConsumer):
+		s.log.LogAttrs(ctx, slog.LevelWarn, "event subscriber fell behind and was disconnected",
+			slog.String("sandbox_id", f.SandboxID))
+		return errgrpc.ToGRPC(fmt.Errorf("client fell behind the event stream and was disconnected; reconnect (with since) to resume: %w",
+			errdefs.ErrResourceExhausted))
+	case errors.Is(err, events.ErrClosed):
+		return errgrpc.ToGRPC(fmt.Errorf("daemon shutting down: %w", errdefs.ErrUnavailable))
+	case ctx.Err() != nil:
+		return errgrpc.ToGRPC(ctx.Err())
+	default:
+		return errgrpc.ToGRPC(err)
+	}
+}
+
+// SnapshotService implements sandbox.v1.SandboxSnapshotService. Every RPC
+// answers UNIMPLEMENTED until checkpoint/restore lands.
+type SnapshotService struct {
+	sandboxv1.UnimplementedSandboxSnapshotServiceServer
+}
+
+var _ sandboxv1.SandboxSnapshotServiceServer = (*SnapshotService)(nil)
+
+// errSnapshotsMissing says what the snapshot RPCs lack.
+func errSnapshotsMissing(rpc string) error {
+	return errgrpc.ToGRPC(fmt.Errorf("%s: checkpoint/restore is not implemented yet: %w", rpc, errdefs.ErrNotImplemented))
+}
+
+// Checkpoint answers UNIMPLEMENTED.
+func (SnapshotService) Checkpoint(context.Context, *sandboxv1.CheckpointRequest) (*sandboxv1.CheckpointResponse, error) {
+	return nil, errSnapshotsMissing("Checkpoint")
+}
+
+// Restore answers UNIMPLEMENTED.
+func (SnapshotService) Restore(context.Context, *sandboxv1.RestoreRequest) (*sandboxv1.RestoreResponse, error) {
+	return nil, errSnapshotsMissing("Restore")
+}
+
+// ListSnapshots answers UNIMPLEMENTED.
+func (SnapshotService) ListSnapshots(context.Context, *sandboxv1.ListSnapshotsRequest) (*sandboxv1.ListSnapshotsResponse, error) {
+	return nil, errSnapshotsMissing("ListSnapshots")
+}
+
+// DeleteSnapshot answers UNIMPLEMENTED.
+func (SnapshotService) DeleteSnapshot(context.Context, *sandboxv1.DeleteSnapshotRequest) (*sandboxv1.DeleteSnapshotResponse, error) {
+	return nil, errSnapshotsMissing("DeleteSnapshot")
+}
