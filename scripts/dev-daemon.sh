@@ -23,6 +23,9 @@ else
   sock=${VMM_SOCKET:-$dev/vmm.sock}
 fi
 
+network=false
+[ "${VMM_DEV_NETWORK:-0}" = 1 ] && network=true
+
 fc=${FC_BINARY:-$(command -v firecracker || true)}
 if [ -n "$fc" ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] && [ -n "${FC_KERNEL:-}" ] && [ -n "${FC_ROOTFS:-}" ]; then
   mode="Firecracker ($fc)"
@@ -49,6 +52,12 @@ log_level = "Info"
 
 [grpc]
 unix_socket = "$sock"
+
+[network]
+# Each sandbox gets its own namespace, TAP and address on a host bridge,
+# which changes the host (bridge, ip_forward, nftables). Off unless
+# VMM_DEV_NETWORK=1.
+enabled = $network
 
 [defaults]
 vcpus      = 1

@@ -48,6 +48,10 @@ type Options struct {
 	Dir string
 	// Log receives progress lines (may be nil).
 	Log io.Writer
+	// Network adds a third series: the daemon with networking on (needs
+	// root). The daemon then runs in a network namespace the benchmark
+	// creates and deletes, which plays the host's.
+	Network bool
 }
 
 // Stats summarises one series of create→READY latencies.
@@ -97,6 +101,8 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 type Result struct {
 	Baseline Stats
 	Daemon   Stats
+	// Network is the daemon with networking (zero unless Options.Network).
+	Network Stats
 }
 
 // Ratio returns daemon/baseline for a pair of figures.
@@ -109,14 +115,23 @@ func Ratio(daemon, baseline time.Duration) float64 {
 
 // Fprint writes the result as a table with ratios.
 func (r Result) Fprint(w io.Writer) {
-	fmt.Fprintf(w, "%-10s %5s %10s %10s %10s %10s %10s %12s\n", "series", "n", "p50", "p90", "p99", "mean", "max", "throughput")
-	for _, s := range []Stats{r.Baseline, r.Daemon} {
-		fmt.Fprintf(w, "%-10s %5d %10s %10s %10s %10s %10s %10.1f/s\n", s.Name, s.N,
+	fmt.Fprintf(w, "%-12s %5s %10s %10s %10s %10s %10s %12s\n", "series", "n", "p50", "p90", "p99", "mean", "max", "throughput")
+	series := []Stats{r.Baseline, r.Daemon}
+	if r.Network.N > 0 {
+		series = append(series, r.Network)
+	}
+	for _, s := range series {
+		fmt.Fprintf(w, "%-12s %5d %10s %10s %10s %10s %10s %10.1f/s\n", s.Name, s.N,
 			round(s.P50), round(s.P90), round(s.P99), round(s.Mean), round(s.Max), s.Throughput)
 	}
 	fmt.Fprintf(w, "ratio daemon/baseline: p50 %.2fx, p99 %.2fx, throughput %.2fx (daemon adds %+.0f%% at p50)\n",
 		Ratio(r.Daemon.P50, r.Baseline.P50), Ratio(r.Daemon.P99, r.Baseline.P99),
 		r.Daemon.Throughput/r.Baseline.Throughput, (Ratio(r.Daemon.P50, r.Baseline.P50)-1)*100)
+	if r.Network.N > 0 {
+		fmt.Fprintf(w, "networking adds %s at p50 (%.2fx), %s at p99 (%.2fx) to the daemon's create→READY\n",
+			round(r.Network.P50-r.Daemon.P50), Ratio(r.Network.P50, r.Daemon.P50),
+			round(r.Network.P99-r.Daemon.P99), Ratio(r.Network.P99, r.Daemon.P99))
+	}
 }
 
 func round(d time.Duration) string { return d.Round(10 * time.Microsecond).String() }
@@ -141,11 +156,17 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("baseline: %w", err)
 	}
-	d, err := runDaemon(ctx, o)
+	d, err := runDaemon(ctx, o, "daemon", "")
 	if err != nil {
 		return Result{}, fmt.Errorf("daemon: %w", err)
 	}
-	return Result{Baseline: base, Daemon: d}, nil
+	r := Result{Baseline: base, Daemon: d}
+	if o.Network {
+		if r.Network, err = runNetworked(ctx, o); err != nil {
+			return Result{}, fmt.Errorf("daemon with network: %w", err)
+		}
+	}
+	return r, nil
 }
 
 func (o Options) kernel() string { return filepath.Join(o.Dir, "data", "kernels", "vmlinux") }
@@ -234,10 +255,26 @@ func runBaseline(ctx context.Context, o Options) (Stats, error) {
 	return Summarize("baseline", lat, wall), err
 }
 
-// runDaemon starts vmm-daemon and measures Create until the ready event.
-func runDaemon(ctx context.Context, o Options) (Stats, error) {
-	o.logf("daemon: %d creates through vmm-daemon, concurrency %d", o.N, o.Concurrency)
-	dir := filepath.Join(o.Dir, "daemon")
+// runNetworked runs the daemon series with networking on, inside a network
+// namespace created for the run.
+func runNetworked(ctx context.Context, o Options) (Stats, error) {
+	name := fmt.Sprintf("vmmbench-%d", os.Getpid())
+	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", name).CombinedOutput(); err != nil {
+		return Stats{}, fmt.Errorf("creating network namespace %s (needs root and iproute2): %v: %s", name, err, out)
+	}
+	defer func() { _ = exec.Command("ip", "netns", "del", name).Run() }()
+	if out, err := exec.CommandContext(ctx, "ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		return Stats{}, fmt.Errorf("lo up: %v: %s", err, out)
+	}
+	return runDaemon(ctx, o, "daemon+net", "/run/netns/"+name)
+}
+
+// runDaemon starts vmm-daemon (inside the network namespace at netns, with
+// networking on, when netns is set) and measures Create until the ready
+// event.
+func runDaemon(ctx context.Context, o Options, name, netns string) (Stats, error) {
+	o.logf("%s: %d creates through vmm-daemon, concurrency %d", name, o.N, o.Concurrency)
+	dir := filepath.Join(o.Dir, name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Stats{}, err
 	}
@@ -262,12 +299,15 @@ kernel = %q
 rootfs = %q
 boot_args = %q
 
+[network]
+%s
+
 [limits]
 max_sandboxes = %d
 
 [daemon]
 log_level = "warn"
-`, fc, filepath.Join(o.Dir, "data"), sock, o.VCPUs, o.MemoryMiB, o.kernel(), o.rootfs(), bootArgs, o.N+10)
+`, fc, filepath.Join(o.Dir, "data"), sock, o.VCPUs, o.MemoryMiB, o.kernel(), o.rootfs(), bootArgs, networkConf(netns), o.N+10)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return Stats{}, err
 	}
@@ -277,6 +317,9 @@ log_level = "warn"
 	}
 	defer daemonLog.Close()
 	cmd := exec.Command(o.Daemon, "--config", cfg)
+	if netns != "" {
+		cmd = exec.Command("nsenter", "--net="+netns, o.Daemon, "--config", cfg)
+	}
 	cmd.Stdout, cmd.Stderr = daemonLog, daemonLog
 	if err := cmd.Start(); err != nil {
 		return Stats{}, err
@@ -343,7 +386,15 @@ log_level = "warn"
 			_, _ = sb.Remove(context.WithoutCancel(ctx), &sandboxv1.RemoveRequest{Id: id, Force: true})
 		}
 	}
-	return Summarize("daemon", lat, wall), runErr
+	return Summarize(name, lat, wall), runErr
+}
+
+// networkConf is the [network] section body of a benchmark daemon.
+func networkConf(netns string) string {
+	if netns == "" {
+		return "enabled = false"
+	}
+	return "enabled = true\nbridge = \"vmmbench0\"\ncidr = \"10.250.0.0/16\""
 }
 
 // waitServing polls List until the daemon answers (10 s at most).

@@ -3,10 +3,8 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,11 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	sandboxv1 "github.com/firecracker-vmm/firecracker-vmm/api/sandbox/v1"
-	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
-	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
-	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
-	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
 func TestMainStartupErrors(t *testing.T) {
@@ -74,33 +68,11 @@ func TestMainHelp(t *testing.T) {
 	}
 }
 
-// managerImplemented reports whether sandbox.New works yet (it is being
-// written concurrently with this package).
-func managerImplemented(t *testing.T) bool {
-	t.Helper()
-	dir := t.TempDir()
-	x := events.NewExchange(events.Options{})
-	defer x.Close()
-	m, err := sandbox.New(sandbox.Config{DataDir: dir, Events: x, Logger: slog.New(slog.DiscardHandler), Launcher: &vmm.DirectLauncher{Config: vmm.Config{Binary: "/bin/true"}}})
-	if errors.Is(err, errdefs.ErrNotImplemented) {
-		return false
-	}
-	if err == nil {
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		defer cancel()
-		_ = m.Shutdown(ctx)
-	}
-	return true
-}
-
 // TestMainRunsAgainstEmulator starts the real daemon (flags, config file,
 // real manager, DirectLauncher) on the Firecracker emulator, drives a
 // sandbox through its life over the socket, and shuts down with sandboxes
 // still running.
 func TestMainRunsAgainstEmulator(t *testing.T) {
-	if !managerImplemented(t) {
-		t.Skip("skipping: the sandbox manager (internal/sandbox) is not implemented yet")
-	}
 	emu := testutil.Emulator(t)
 	testutil.NoProcessesLeft(t, emu)
 	dir := testutil.ShortDir(t)
@@ -115,7 +87,7 @@ func TestMainRunsAgainstEmulator(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "vmm.sock")
-	conf := writeConfig(t, fmt.Sprintf("[firecracker]\nbinary = %q\n[daemon]\nlog_level = \"debug\"\nshutdown_timeout_secs = 10\n", emu))
+	conf := writeConfig(t, fmt.Sprintf("[firecracker]\nbinary = %q\n[network]\nenabled = false\n[daemon]\nlog_level = \"debug\"\nshutdown_timeout_secs = 10\n", emu))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -78,9 +80,15 @@ type JailerConfig struct {
 	ResourceLimits []string `toml:"resource_limits"`
 }
 
-// NetworkConfig is the [network] section. It is validated but not used
-// until sandbox networking lands.
+// NetworkConfig is the [network] section: the host bridge and the address
+// pool of the sandboxes (see internal/network for the design).
 type NetworkConfig struct {
+	// Enabled gives every sandbox a NIC in its own network namespace (needs
+	// root). When false, sandboxes have no network.
+	Enabled bool `toml:"enabled"`
+	// AllowInterSandbox lets sandboxes reach each other.
+	AllowInterSandbox bool `toml:"allow_inter_sandbox"`
+	// Bridge is the host bridge the sandboxes' veths join.
 	Bridge string `toml:"bridge"`
 	// CIDR is the sandbox network (IPv4).
 	CIDR string `toml:"cidr"`
@@ -162,9 +170,10 @@ func DefaultConfig() Config {
 			SocketTimeoutSecs: 5,
 		},
 		Network: NetworkConfig{
-			Bridge: "fcvmm0",
-			CIDR:   "172.20.0.0/16",
-			DNS:    []string{"1.1.1.1", "8.8.8.8"},
+			Enabled: true,
+			Bridge:  "fcvmm0",
+			CIDR:    "172.20.0.0/16",
+			DNS:     []string{"1.1.1.1", "8.8.8.8"},
 		},
 		GRPC: GRPCConfig{UnixSocket: DefaultUnixSocket},
 		Defaults: DefaultsConfig{
@@ -474,6 +483,8 @@ func (n NetworkConfig) validate(v *validator) {
 		v.bad("network.cidr", "%q has host bits set; did you mean %s?", n.CIDR, p.Masked())
 	case p.Bits() > 30:
 		v.bad("network.cidr", "%q is too small: a /30 or larger is needed", n.CIDR)
+	case p.Overlaps(network.GuestPrefix):
+		v.bad("network.cidr", "%q overlaps %s, the guest-side network inside every sandbox namespace", n.CIDR, network.GuestPrefix)
 	default:
 		gw, err := netip.ParseAddr(n.Gateway)
 		switch {
@@ -603,4 +614,29 @@ func (c Config) VMMConfig(binary string) vmm.Config {
 		MMDSSizeLimit:         fc.MMDSSizeLimit,
 		SocketTimeout:         time.Duration(fc.SocketTimeoutSecs) * time.Second,
 	}
+}
+
+// NetworkManagerConfig converts the [network] section (already validated)
+// into the network manager's configuration. The daemon's TCP API port, if
+// any, is closed to sandboxes.
+func (c *Config) NetworkManagerConfig(log *slog.Logger) network.Config {
+	n := c.Network
+	nc := network.Config{
+		Bridge:            n.Bridge,
+		CIDR:              netip.MustParsePrefix(n.CIDR),
+		Gateway:           netip.MustParseAddr(n.Gateway),
+		AllowInterSandbox: n.AllowInterSandbox,
+		Logger:            log,
+	}
+	for _, d := range n.DNS {
+		nc.DNS = append(nc.DNS, netip.MustParseAddr(d))
+	}
+	if c.GRPC.TCPAddr != "" {
+		if _, port, err := net.SplitHostPort(c.GRPC.TCPAddr); err == nil {
+			if p, err := strconv.ParseUint(port, 10, 16); err == nil && p != 0 {
+				nc.DenyTCPPorts = []uint16{uint16(p)}
+			}
+		}
+	}
+	return nc
 }

@@ -167,6 +167,8 @@ mmds_size_limit = 65536
 socket_timeout_secs = 7
 
 [network]
+enabled = false
+allow_inter_sandbox = true
 bridge = "br-sbx"
 cidr = "10.9.0.0/24"
 gateway = "10.9.0.254"
@@ -210,7 +212,7 @@ shutdown_timeout_secs = 12
 			Binary: "/opt/fc/firecracker", DataDir: "/srv/vmm", LogLevel: "debug", SeccompFilter: seccomp,
 			HTTPAPIMaxPayloadSize: 102400, MMDSSizeLimit: 65536, SocketTimeoutSecs: 7,
 		},
-		Network: NetworkConfig{Bridge: "br-sbx", CIDR: "10.9.0.0/24", Gateway: "10.9.0.254", DNS: []string{"9.9.9.9"}},
+		Network: NetworkConfig{Enabled: false, AllowInterSandbox: true, Bridge: "br-sbx", CIDR: "10.9.0.0/24", Gateway: "10.9.0.254", DNS: []string{"9.9.9.9"}},
 		GRPC: GRPCConfig{
 			UnixSocket: "/run/x/vmm.sock", TCPAddr: "127.0.0.1:9443", TLSCert: cert, TLSKey: key, TLSClientCA: ca,
 			SocketGroup: "0",
@@ -313,6 +315,7 @@ func TestLoadRejects(t *testing.T) {
 		{"gateway outside", "[network]\ngateway = \"10.0.0.1\"\n", []string{"network.gateway", "not inside"}},
 		{"gateway network addr", "[network]\ngateway = \"172.20.0.0\"\n", []string{"network.gateway", "network or broadcast"}},
 		{"gateway not ip", "[network]\ngateway = \"gw\"\n", []string{"network.gateway"}},
+		{"cidr overlaps the guest network", "[network]\ncidr = \"172.16.0.0/12\"\ngateway = \"172.16.1.1\"\n", []string{"network.cidr", "172.16.0.0/30"}},
 		{"dns", "[network]\ndns = [\"1.1.1.1\", \"dns.google\"]\n", []string{"network.dns[1]"}},
 		{"relative socket", "[grpc]\nunix_socket = \"vmm.sock\"\n", []string{"grpc.unix_socket", "absolute"}},
 		{"long socket", "[grpc]\nunix_socket = \"" + long + "\"\n", []string{"grpc.unix_socket", "107 bytes"}},

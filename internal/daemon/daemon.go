@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/health"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/server"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
@@ -128,6 +129,23 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}
 
+	var netMgr sandbox.Networker
+	if cfg.Network.Enabled {
+		nm, err := network.New(cfg.NetworkManagerConfig(log))
+		if err == nil {
+			err = nm.Setup(ctx)
+		}
+		if err != nil {
+			ul.Close()
+			return fmt.Errorf("network (set [network] enabled = false to run sandboxes without a network): %w", err)
+		}
+		log.Info("network ready", slog.String("bridge", cfg.Network.Bridge), slog.String("cidr", cfg.Network.CIDR),
+			slog.String("gateway", cfg.Network.Gateway), slog.Bool("allow_inter_sandbox", cfg.Network.AllowInterSandbox))
+		netMgr = nm
+	} else {
+		log.Warn("networking is disabled ([network] enabled = false): sandboxes get no NIC")
+	}
+
 	exchange := events.NewExchange(events.Options{})
 	defer exchange.Close()
 	mgr, err := d.newManager(sandbox.Config{
@@ -144,6 +162,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		MaxSandboxes:     cfg.Limits.MaxSandboxes,
 		StopTimeout:      cfg.StopTimeout(),
 		Launcher:         &vmm.DirectLauncher{Config: cfg.VMMConfig(bin)},
+		Network:          netMgr,
 		Events:           exchange,
 		Logger:           log,
 	})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 )
@@ -309,6 +310,9 @@ func (v *vmm) instanceStart() (*result, error) {
 		return nil, badRequest("Start microvm error: Invalid Memory Configuration: Cannot allocate memory (os error 12)")
 	}
 	v.sleep(v.envMillis("FCEMU_BOOT_DELAY_MS", 0))
+	if err := v.activateNets(args, nil); err != nil {
+		return nil, badRequest("Start microvm error: %s", err)
+	}
 	v.bootArgs = args
 	v.state = stateRunning
 	v.paused.Store(false)
@@ -321,6 +325,7 @@ func (v *vmm) instanceStart() (*result, error) {
 	}
 	v.serial("emulated guest ready")
 	v.started()
+	v.guestNetRun()
 	return ok()
 }
 
@@ -334,6 +339,7 @@ func (v *vmm) ctrlAltDel() {
 	}
 	if !hasRebootK(v.bootArgs) {
 		v.halted = true
+		v.guestNetStop()
 		v.serial("reboot: System halted")
 		return
 	}
@@ -360,6 +366,7 @@ func (v *vmm) patchVM(body []byte) (*result, error) {
 		}
 		v.state = statePaused
 		v.paused.Store(true)
+		v.guestNetStop()
 		return ok()
 	}
 	if v.state != stateRunning {
@@ -367,6 +374,7 @@ func (v *vmm) patchVM(body []byte) (*result, error) {
 	}
 	v.state = stateRunning
 	v.paused.Store(false)
+	v.guestNetRun()
 	if v.pendReboot {
 		v.pendReboot = false
 		v.armReboot()
@@ -622,9 +630,7 @@ func (v *vmm) deleteDevice(kind string, segs []string) (*result, error) {
 		}
 		v.drives = append(v.drives[:i], v.drives[i+1:]...)
 	case "network-interfaces":
-		if t := v.nets[i].TAP; t != nil {
-			t.Close()
-		}
+		v.nets[i].close()
 		v.nets = append(v.nets[:i], v.nets[i+1:]...)
 	case "pmem":
 		p := v.pmems[i]
@@ -692,6 +698,10 @@ func (v *vmm) openNet(c netConfig) (*NetDevice, error) {
 		return n, nil
 	}
 	tap, err := openTAP(c.HostDevName)
+	var vh *vnetHdrError
+	if errors.As(err, &vh) {
+		return nil, badRequest("Network config error: Could not create the network device: Setting vnet header size failed: %s", vh.msg)
+	}
 	if err != nil {
 		return nil, badRequest("Network config error: Could not create the network device: Open tap device failed: %s", err.Error())
 	}
@@ -725,6 +735,12 @@ func (v *vmm) putNet(segs []string, body []byte) (*result, error) {
 			if err != nil {
 				return err
 			}
+			// The running guest probes the new NIC: it gets a MAC but no
+			// address (ip= configures interfaces at boot only).
+			if err := n.activate("", netip.Addr{}, v.log, v.met); err != nil {
+				n.close()
+				return err
+			}
 			v.nets = append(v.nets, n)
 			return nil
 		})
@@ -742,9 +758,7 @@ func (v *vmm) putNet(segs []string, body []byte) (*result, error) {
 	}
 	idx := v.deviceIndex("network-interfaces", id)
 	if idx >= 0 {
-		if t := v.nets[idx].TAP; t != nil {
-			t.Close()
-		}
+		v.nets[idx].close()
 		v.nets = append(v.nets[:idx], v.nets[idx+1:]...)
 	}
 	n, err := v.openNet(c)

@@ -105,20 +105,28 @@ type netConfig struct {
 
 // NetDevice is one emulated virtio-net device. TAP is the host TAP opened
 // through /dev/net/tun exactly as Firecracker opens it (nil when
-// FCEMU_SKIP_TAP=1). A future guest-network component reads and writes
-// frames (with a virtio-net header, IFF_VNET_HDR) on TAP; the VMM closes it
-// when the device is replaced or the process ends.
+// FCEMU_SKIP_TAP=1); every frame on it carries a 12-byte virtio-net header.
+// Once the guest has booted (InstanceStart or snapshot load), the device
+// owns a responder goroutine that plays the guest's network stack on TAP
+// while the VM runs (see activate, run and halt); the VMM closes the device
+// when it is replaced or unplugged, and the process exit ends the rest.
 type NetDevice struct {
 	// IfaceID is the API label of the device; immutable.
 	IfaceID string
 	// HostDevName is the TAP name; immutable.
 	HostDevName string
-	// GuestMAC is the guest's MAC address, "" when the guest picks one.
+	// GuestMAC is the configured guest MAC address, "" when the guest
+	// picks one.
 	GuestMAC string
 	// TAP is the open TUN/TAP file, or nil when opening was skipped.
 	TAP *os.File
 
 	cfg netConfig
+	// guest is the guest's view of the NIC, settled at boot or restore.
+	guest guestIface
+	// resp answers ARP and ICMP echo on TAP; nil before boot or without
+	// a TAP.
+	resp *responder
 }
 
 // tapError is the text of Firecracker's TapError::IfreqExecuteError.
@@ -126,8 +134,17 @@ func tapError(name string, err error) error {
 	return fmt.Errorf("Error while creating ifreq structure: %s. Invalid TUN/TAP Backend provided by %s. Check our documentation on setting up the network devices", rustIOError(err), name)
 }
 
+// vnetHdrError is a TUNSETVNETHDRSZ failure (Firecracker's
+// NetError::TapSetVnetHdrSize rather than TapOpen).
+type vnetHdrError struct{ msg string }
+
+func (e *vnetHdrError) Error() string { return e.msg }
+
 // openTAP attaches to the existing TAP called name the way Firecracker
-// does (TUNSETIFF with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR). The interface must
+// does (TUNSETIFF with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, then TUNSETVNETHDRSZ
+// 12; the offload flags follow at guest activation). The fd is
+// non-blocking, so reads wait in the runtime poller and honour deadlines
+// and Close. The interface must
 // already exist in the current network namespace: as root TUNSETIFF would
 // otherwise create a transient TAP, which real deployments never rely on.
 func openTAP(name string) (*os.File, error) {
@@ -150,6 +167,12 @@ func openTAP(name string) (*os.File, error) {
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		return nil, tapError(name, err)
+	}
+	// virtio_net_hdr_v1 (VIRTIO_F_VERSION_1) is 12 bytes; the default of
+	// 10 is the legacy header.
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetHdrLen); err != nil {
+		unix.Close(fd)
+		return nil, &vnetHdrError{msg: "Error while setting size of the vnet header: " + rustIOError(err)}
 	}
 	return os.NewFile(uintptr(fd), "/dev/net/tun:"+name), nil
 }

@@ -31,7 +31,8 @@
 //     boot-path flag that forbids a later snapshot load, resource checks
 //     at PUT time (kernel/initrd/drive files opened, drives O_RDONLY or
 //     O_RDWR and kept open, TAPs attached with TUNSETIFF
-//     IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, vsock socket bound), balloon/memory
+//     IFF_TAP|IFF_NO_PI|IFF_VNET_HDR and a 12-byte virtio-net header
+//     (TUNSETVNETHDRSZ), vsock socket bound), balloon/memory
 //     ordering, MMDS data store with merge patch and 413 on the size limit,
 //     device hot-plug with --enable-pci.
 //   - Snapshots: create (Paused only; Full or Diff) writes a vmstate file
@@ -47,6 +48,21 @@
 //     default 50) when the effective boot args contain reboot=k, otherwise
 //     the guest halts and the process stays up; a paused VM reboots on
 //     resume.
+//   - The guest's network, as a booted Linux guest answers on it: the
+//     static address of the kernel's ip= argument (the last one before
+//     "--"; ip=<client>:<server>:<gw>:<netmask>:<host>:<device>:...) goes
+//     to the NIC its device field names (ethN = the N-th NIC in API order,
+//     empty = the first); each NIC has its guest_mac or, like the Linux
+//     virtio-net driver, a random locally administered MAC chosen at boot.
+//     At boot the TAP gets the offload flags a Linux guest's acked features
+//     give (TUNSETOFFLOAD CSUM|TSO4|TSO6|UFO). While the VM runs, one
+//     goroutine per NIC with an address reads frames from its TAP and
+//     answers ARP requests for the address and ICMP echo requests to it
+//     (to the requester's MAC); everything else is dropped. Nothing is
+//     answered before boot, while paused (frames queue in the TAP and are
+//     taken on resume), after a halt, or without ip=. MACs and the address
+//     are saved in the vmstate, so a loaded guest answers at the same
+//     address with the same MAC on its (possibly overridden) TAP.
 //   - Metrics lines (utc_timestamp_ms first, all groups present) at
 //     configuration, on FlushMetrics, on SIGHUP and every 60 s after boot
 //     while not paused.
@@ -55,9 +71,12 @@
 //
 // There is no KVM and no guest: no kernel is loaded or parsed, vCPUs do not
 // run, disks are opened but never read or written, memory files contain a
-// marker page instead of guest memory. TAPs are opened and kept (see
-// [NetDevice]; a later guest-network component will answer ARP/ICMP on
-// them) but no packet is read or written yet. Vsock connections get their
+// marker page instead of guest memory. The guest network is only ARP and
+// ICMP echo for the ip= address (see [NetDevice]): no DHCP or other
+// autoconfiguration, no IPv6, no fragment reassembly, no TCP or UDP, no
+// gratuitous ARP at boot, no routing (replies go to the request's source
+// MAC), and the mtu, rate limiters and MMDS interception are not applied
+// to frames. Vsock connections get their
 // CONNECT line read and are closed, as no guest listens. MMDS is not served
 // to a guest. Seccomp filters are checked for existence only; the jailer is
 // not part of the emulator; rate limiters, balloon statistics and metrics
@@ -66,7 +85,8 @@
 //
 // # Environment (keeps the command line identical to Firecracker's)
 //
-//   - FCEMU_SKIP_TAP=1: do not open TAPs (names are still validated).
+//   - FCEMU_SKIP_TAP=1: do not open TAPs (names are still validated); the
+//     guest network then answers nothing.
 //   - FCEMU_BOOT_DELAY_MS, FCEMU_LOAD_DELAY_MS: delay the answers of
 //     InstanceStart and snapshot load.
 //   - FCEMU_SHUTDOWN_DELAY_MS: delay between SendCtrlAltDel and exit 0.

@@ -37,8 +37,12 @@ type vmState struct {
 	Entropy  *entropyConfig `json:"entropy,omitempty"`
 	Pmem     []pmemConfig   `json:"pmem"`
 	Hotplug  *hotplugConfig `json:"memory_hotplug,omitempty"`
-	Type     string         `json:"snapshot_type"`
-	Dirty    bool           `json:"track_dirty_pages"`
+	// GuestNet is the guest's view of its NICs (MAC, ip= address), which
+	// a real snapshot keeps in guest memory; absent in older files, where
+	// it is derived from BootArgs again.
+	GuestNet []guestNICState `json:"guest_net,omitempty"`
+	Type     string          `json:"snapshot_type"`
+	Dirty    bool            `json:"track_dirty_pages"`
 }
 
 var crcTable = crc64.MakeTable(crc64.ECMA)
@@ -136,6 +140,7 @@ func (v *vmm) snapshotState(kind string) *vmState {
 	}
 	for _, n := range v.nets {
 		st.Nets = append(st.Nets, n.cfg)
+		st.GuestNet = append(st.GuestNet, n.guestState())
 	}
 	for _, p := range v.pmems {
 		st.Pmem = append(st.Pmem, p.cfg)
@@ -275,6 +280,9 @@ func (v *vmm) loadSnapshot(body []byte) (*result, error) {
 	v.met.add("latencies_us", "load_snapshot", uint64(time.Since(start).Microseconds()))
 	v.log.info("Snapshot loaded from %s", p.SnapshotPath)
 	v.started()
+	if v.state == stateRunning {
+		v.guestNetRun()
+	}
 	return &result{dep: dep}, nil
 }
 
@@ -370,6 +378,9 @@ func (v *vmm) restore(p *loadParams) error {
 			return fmt.Errorf("Cannot restore devices: %w", err)
 		}
 		v.nets = append(v.nets, n)
+	}
+	if err := v.activateNets(st.BootArgs, st.GuestNet); err != nil {
+		return fmt.Errorf("Cannot restore devices: %w", err)
 	}
 	if st.Vsock != nil {
 		d, err := bindVsock(*st.Vsock)

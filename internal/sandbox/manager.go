@@ -18,6 +18,7 @@ import (
 	"github.com/firecracker-vmm/firecracker-vmm/internal/disk"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -75,10 +76,22 @@ type Config struct {
 	// Launcher starts Firecracker processes (vmm.DirectLauncher, later the
 	// jailer). Required.
 	Launcher vmm.Launcher
+	// Network gives each sandbox its network (internal/network); nil means
+	// sandboxes get no NIC.
+	Network Networker
 	// Events receives every lifecycle event. Required.
 	Events *events.Exchange
 	// Logger is the structured logger (default slog.Default()).
 	Logger *slog.Logger
+}
+
+// Networker gives sandboxes their network. It is implemented by
+// *network.Manager.
+type Networker interface {
+	// Attach builds the sandbox's network; on failure nothing is left.
+	Attach(ctx context.Context, sandboxID string) (network.Attachment, error)
+	// Detach removes it and releases the lease; it is idempotent.
+	Detach(ctx context.Context, sandboxID string) error
 }
 
 // withDefaults validates cfg and fills in the defaults.
@@ -327,6 +340,20 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	}
 	log.Debug("rootfs copied", "source", p.rootfs, "disk", diskPath, "method", string(method))
 
+	var att network.Attachment
+	if m.cfg.Network != nil {
+		if att, err = m.cfg.Network.Attach(ctx, id); err != nil {
+			return Sandbox{}, fmt.Errorf("create: network: %w", err)
+		}
+		defer func() {
+			if !registered {
+				if derr := m.cfg.Network.Detach(context.WithoutCancel(ctx), id); derr != nil {
+					log.Error("releasing the network of a failed create", "error", derr)
+				}
+			}
+		}()
+	}
+
 	now := m.now()
 	rec := Sandbox{
 		ID:     id,
@@ -359,6 +386,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		Kernel: p.kernel, Initrd: p.initrd, BootArgs: p.bootArgs,
 		Drives:  []vmm.DriveSpec{{ID: rootDriveID, Path: diskPath, Root: true}},
 		Logging: vmm.LoggingSpec{LogPath: rec.Process.LogPath, MetricsPath: rec.Process.MetricsPath},
+	}
+	if m.cfg.Network != nil {
+		rec.Network = networkOf(att)
+		spec.NICs = []vmm.NICSpec{{ID: network.NICID, HostDevName: att.TAP, GuestMAC: att.GuestMAC}}
+		spec.BootArgs = strings.TrimSpace(p.bootArgs + " " + att.BootArg)
+		spec.NetNS = att.NetnsPath
+		rec.Hardware.BootArgs = spec.BootArgs
 	}
 	runCtx, cancel := context.WithCancel(m.baseCtx)
 	inst := &instance{id: id, op: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), log: log, rec: rec}
@@ -466,6 +500,18 @@ func (m *Manager) boot(ctx context.Context, inst *instance, spec vmm.VMSpec) (ma
 	})
 	inst.log.Info("sandbox ready", "pid", mach.Pid(), "boot_time", inst.rec.ReadyAt.Sub(start))
 	return mach, true
+}
+
+// networkOf converts an attachment into the record's network identity.
+func networkOf(a network.Attachment) Network {
+	dns := make([]string, 0, len(a.DNS))
+	for _, d := range a.DNS {
+		dns = append(dns, d.String())
+	}
+	return Network{
+		TAP: a.TAP, MAC: a.GuestMAC, IP: a.IP.String(), Gateway: a.Gateway.String(), DNS: dns,
+		Netns: a.Netns, GuestIP: a.GuestIP.String(), PrefixLen: a.PrefixLen,
+	}
 }
 
 // exitAttrs describes an exit status as event attributes.
@@ -719,6 +765,11 @@ func (m *Manager) removeLocked(ctx context.Context, inst *instance, force bool, 
 		inst.ttl.Stop()
 	}
 	inst.mu.Unlock()
+	if m.cfg.Network != nil {
+		if err := m.cfg.Network.Detach(ctx, inst.id); err != nil {
+			return fmt.Errorf("sandbox %s: releasing its network: %w", inst.id, err)
+		}
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("sandbox %s: removing %s: %w", inst.id, dir, err)
 	}

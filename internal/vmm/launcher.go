@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -43,6 +44,9 @@ type LaunchRequest struct {
 	LogPath string
 	// MetricsPath is the metrics file (--metrics-path); optional.
 	MetricsPath string
+	// NetNS is the path of a network namespace (e.g. /run/netns/vmm-ID) the
+	// process must run in; empty means the caller's namespace.
+	NetNS string
 }
 
 // Launched is a started Firecracker process whose API socket answers.
@@ -106,7 +110,7 @@ func (l *DirectLauncher) Launch(ctx context.Context, req LaunchRequest) (*Launch
 	if err := removeSocket(req.SocketPath); err != nil {
 		return nil, fmt.Errorf("vmm: launch %s: removing stale API socket: %w", req.ID, err)
 	}
-	proc, err := startProcess(bin, args, req.Dir, req.ConsolePath, childEnv(l.Config.Env))
+	proc, err := startProcess(bin, args, req.Dir, req.ConsolePath, req.NetNS, childEnv(l.Config.Env))
 	if err != nil {
 		return nil, fmt.Errorf("vmm: launch %s: %w", req.ID, err)
 	}
@@ -178,8 +182,9 @@ func childEnv(extra []string) []string {
 	return env
 }
 
-// startProcess starts bin in its own session with a pidfd.
-func startProcess(bin string, args []string, dir, consolePath string, env []string) (*Process, error) {
+// startProcess starts bin in its own session with a pidfd, inside the
+// network namespace at netns when it is not empty.
+func startProcess(bin string, args []string, dir, consolePath, netns string, env []string) (*Process, error) {
 	devNull, err := os.Open(os.DevNull)
 	if err != nil {
 		return nil, err
@@ -197,7 +202,12 @@ func startProcess(bin string, args []string, dir, consolePath string, env []stri
 		Files: []uintptr{devNull.Fd(), console.Fd(), console.Fd()},
 		Sys:   &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd},
 	}
-	pid, _, err := syscall.StartProcess(bin, append([]string{bin}, args...), attr)
+	var pid int
+	if netns == "" {
+		pid, _, err = syscall.StartProcess(bin, append([]string{bin}, args...), attr)
+	} else {
+		pid, err = startInNetns(netns, bin, append([]string{bin}, args...), attr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("starting %s: %w", bin, err)
 	}
@@ -220,6 +230,48 @@ func startProcess(bin string, args []string, dir, consolePath string, env []stri
 		return nil, err
 	}
 	return proc, nil
+}
+
+// startInNetns forks bin from an OS thread that has joined the network
+// namespace at path, so the child is born in it. The thread is locked for
+// the duration and its namespace restored; if restoring fails the goroutine
+// ends still locked, which makes the runtime retire the thread.
+func startInNetns(path, bin string, argv []string, attr *syscall.ProcAttr) (int, error) {
+	target, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("network namespace: %w", err)
+	}
+	defer target.Close()
+	type result struct {
+		pid int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: fmt.Errorf("own network namespace: %w", err)}
+			return
+		}
+		defer self.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: fmt.Errorf("joining network namespace %s: %w", path, err)}
+			return
+		}
+		pid, _, err := syscall.StartProcess(bin, argv, attr)
+		if rerr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); rerr != nil {
+			// Leave the thread locked: it dies with this goroutine.
+			done <- result{pid: pid, err: err}
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- result{pid: pid, err: err}
+	}()
+	r := <-done
+	return r.pid, r.err
 }
 
 // removeSocket removes a socket file; a missing file is not an error.

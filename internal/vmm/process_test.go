@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // startSh starts /bin/sh -c script as our child with console output.
@@ -20,7 +22,7 @@ func startSh(t *testing.T, script string) (*Process, string) {
 	t.Helper()
 	dir := testutil.ShortDir(t)
 	console := filepath.Join(dir, "console")
-	p, err := startProcess("/bin/sh", []string{"-c", script}, dir, console, childEnv(nil))
+	p, err := startProcess("/bin/sh", []string{"-c", script}, dir, console, "", childEnv(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +104,7 @@ func TestProcessWaitContext(t *testing.T) {
 
 func TestProcessCloseWhileRunning(t *testing.T) {
 	dir := testutil.ShortDir(t)
-	p, err := startProcess("/bin/sh", []string{"-c", "exec sleep 30"}, dir, filepath.Join(dir, "c"), childEnv(nil))
+	p, err := startProcess("/bin/sh", []string{"-c", "exec sleep 30"}, dir, filepath.Join(dir, "c"), "", childEnv(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,5 +282,47 @@ func TestLaunchInvalid(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestStartInNetns starts a process inside a network namespace the test
+// creates and checks that it was born there, while the caller's thread
+// stays in its own namespace.
+func TestStartInNetns(t *testing.T) {
+	testutil.RequiresRoot(t)
+	name := fmt.Sprintf("vmmt-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Skipf("cannot create a network namespace: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	nsPath := "/run/netns/" + name
+	var want unix.Stat_t
+	if err := unix.Stat(nsPath, &want); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	out := filepath.Join(dir, "ns")
+	p, err := startProcess("/bin/sh", []string{"-c", "stat -L -c %i /proc/self/ns/net > " + out}, dir, filepath.Join(dir, "c"), nsPath, childEnv(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if st, err := p.Wait(t.Context()); err != nil || st.Code != 0 {
+		t.Fatalf("wait: %v %v", st, err)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(string(got)) != fmt.Sprint(want.Ino) {
+		t.Fatalf("child netns inode %s, want %d", got, want.Ino)
+	}
+	var self unix.Stat_t
+	_ = unix.Stat("/proc/thread-self/ns/net", &self)
+	if self.Ino == want.Ino {
+		t.Fatal("the calling thread was left in the sandbox namespace")
+	}
+	if _, err := startProcess("/bin/true", nil, dir, filepath.Join(dir, "c"), "/run/netns/does-not-exist", childEnv(nil)); err == nil {
+		t.Fatal("start in a missing namespace succeeded")
 	}
 }

@@ -116,6 +116,9 @@ type VMSpec struct {
 	Vsock *VsockSpec
 	// Logging configures the logger and metrics.
 	Logging LoggingSpec
+	// NetNS is the network namespace (path) the VMM runs in; empty means
+	// the caller's.
+	NetNS string
 }
 
 // withDefaults fills in the default paths.

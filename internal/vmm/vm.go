@@ -79,6 +79,7 @@ func Start(ctx context.Context, launcher Launcher, spec VMSpec) (*VM, error) {
 	vm, err := launch(ctx, launcher, LaunchRequest{
 		ID: spec.ID, Dir: spec.Dir, SocketPath: spec.APISocket, ConsolePath: spec.ConsolePath,
 		LogLevel: spec.Logging.Level, LogPath: spec.Logging.LogPath, MetricsPath: spec.Logging.MetricsPath,
+		NetNS: spec.NetNS,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("vmm: start %s: %w", spec.ID, err)
@@ -249,6 +250,9 @@ type RestoreSpec struct {
 	NetworkOverrides []firecracker.NetworkOverride
 	// VsockPath, when set, overrides the vsock host socket (vsock_override).
 	VsockPath string
+	// NetNS is the network namespace (path) the VMM runs in; empty means
+	// the caller's.
+	NetNS string
 }
 
 // Validate returns every problem of the spec, joined, or nil.
@@ -313,6 +317,7 @@ func Restore(ctx context.Context, launcher Launcher, spec RestoreSpec) (*VM, err
 	vm, err := launch(ctx, launcher, LaunchRequest{
 		ID: spec.ID, Dir: spec.Dir, SocketPath: spec.APISocket, ConsolePath: spec.ConsolePath,
 		LogLevel: spec.Logging.Level, LogPath: spec.Logging.LogPath, MetricsPath: spec.Logging.MetricsPath,
+		NetNS: spec.NetNS,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("vmm: restore %s: %w", spec.ID, err)

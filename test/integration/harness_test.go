@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,6 +26,9 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// sandboxIDInLog finds sandbox ids in the daemon's log.
+var sandboxIDInLog = regexp.MustCompile(`sandbox=([0-9a-z]{12})\b`)
+
 // daemon is one running vmm-daemon with its own data dir and socket.
 type daemon struct {
 	t      *testing.T
@@ -35,6 +39,7 @@ type daemon struct {
 	cmd    *exec.Cmd
 	log    *os.File
 	waited chan struct{}
+	netns  string // network namespace (path) the daemon runs in; empty: the test's
 	conn   *grpc.ClientConn
 	sb     sandboxv1.SandboxServiceClient
 	snap   sandboxv1.SandboxSnapshotServiceClient
@@ -48,6 +53,12 @@ type options struct {
 	extra string
 	// defaults replaces the [defaults] section body when set.
 	defaults string
+	// network is the [network] section body; empty disables networking
+	// (a daemon on the machine's own namespace must not build a bridge).
+	network string
+	// netns runs the daemon inside this network namespace (a path), which
+	// plays the host's.
+	netns string
 }
 
 // startDaemon starts vmm-daemon and waits until it serves. Cleanup stops it
@@ -86,8 +97,13 @@ func startDaemon(t *testing.T, o options) *daemon {
 		defaults = fmt.Sprintf("kernel = %q\nrootfs = %q\n",
 			filepath.Join(d.data, "kernels", "vmlinux"), filepath.Join(d.data, "images", "rootfs.ext4"))
 	}
-	conf := fmt.Sprintf("[firecracker]\nbinary = %q\ndata_dir = %q\nlog_level = \"Info\"\n\n[grpc]\nunix_socket = %q\n\n[defaults]\n%s\n%s\n",
-		binary, d.data, d.sock, defaults, o.extra)
+	netConf := o.network
+	if netConf == "" {
+		netConf = "enabled = false\n"
+	}
+	conf := fmt.Sprintf("[firecracker]\nbinary = %q\ndata_dir = %q\nlog_level = \"Info\"\n\n[grpc]\nunix_socket = %q\n\n[network]\n%s\n[defaults]\n%s\n%s\n",
+		binary, d.data, d.sock, netConf, defaults, o.extra)
+	d.netns = o.netns
 	writeFile(t, d.config, conf, 0)
 	d.start()
 	t.Cleanup(d.stop)
@@ -102,7 +118,12 @@ func (d *daemon) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(testutil.Binary(t, "vmm-daemon"), "--config", d.config)
+	if d.netns != "" {
+		// nsenter is in util-linux, which every Debian has.
+		d.cmd = exec.Command("nsenter", "--net="+d.netns, testutil.Binary(t, "vmm-daemon"), "--config", d.config)
+	} else {
+		d.cmd = exec.Command(testutil.Binary(t, "vmm-daemon"), "--config", d.config)
+	}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -158,6 +179,14 @@ func (d *daemon) stop() {
 	}
 	d.cmd = nil
 	d.log.Close()
+	// Every sandbox this daemon ever created must have lost its network
+	// namespace (vmm-<id>) by now.
+	for _, m := range sandboxIDInLog.FindAllStringSubmatch(d.logText(), -1) {
+		ns := "/run/netns/vmm-" + m[1]
+		if _, err := os.Stat(ns); err == nil {
+			t.Errorf("sandbox network namespace %s left behind", ns)
+		}
+	}
 	if _, err := os.Stat(d.sock); err == nil {
 		t.Errorf("socket %s left behind after shutdown", d.sock)
 	}

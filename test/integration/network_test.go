@@ -1,0 +1,294 @@
+package integration
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	sandboxv1 "github.com/firecracker-vmm/firecracker-vmm/api/sandbox/v1"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
+	"github.com/google/nftables"
+)
+
+var hostNSSeq atomic.Int64
+
+// hostNamespace creates a throwaway network namespace that plays the host
+// for one test (the daemon runs in it, pings start from it) and deletes it
+// afterwards. (daemon.stop checks that no sandbox namespace is left.)
+func hostNamespace(t *testing.T) (name, path string) {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	name = fmt.Sprintf("vmmit-%d-%d", os.Getpid(), hostNSSeq.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Skipf("skipping: cannot create a network namespace: %v %s", err, out)
+	}
+	path = "/run/netns/" + name
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	return name, path
+}
+
+// sandboxNamespaces lists the named namespaces of sandboxes (vmm-<id>).
+func sandboxNamespaces() map[string]bool {
+	entries, _ := os.ReadDir("/run/netns")
+	m := map[string]bool{}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "vmm-") {
+			m[e.Name()] = true
+		}
+	}
+	return m
+}
+
+// inNetns runs fn inside the namespace at path.
+func inNetns(t *testing.T, path string, fn func()) {
+	t.Helper()
+	if err := testutil.InNetns(path, func() error { fn(); return nil }); err != nil {
+		t.Fatalf("entering %s: %v", path, err)
+	}
+}
+
+// ping reports whether addr answers ICMP echo from the named namespace.
+func ping(t *testing.T, nsName, addr string) bool {
+	t.Helper()
+	ok, err := testutil.Ping("/run/netns/"+nsName, addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+// netDaemon starts a daemon with networking inside a fresh host namespace.
+func netDaemon(t *testing.T, netConf string, extra string) (*daemon, string) {
+	t.Helper()
+	name, path := hostNamespace(t)
+	d := startDaemon(t, options{network: netConf, netns: path, extra: extra})
+	return d, name
+}
+
+func createReady(t *testing.T, d *daemon) *sandboxv1.Sandbox {
+	t.Helper()
+	r, err := d.sb.Create(t.Context(), &sandboxv1.CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.waitState(r.GetSandbox().GetId(), sandboxv1.SandboxState_SANDBOX_STATE_READY, 15*time.Second)
+}
+
+func TestNetworkPingIsolationAndInspect(t *testing.T) {
+	d, hostNS := netDaemon(t, "bridge = \"vmmbr0\"\ncidr = \"10.200.0.0/24\"\ndns = [\"10.200.0.1\"]\n", "")
+	a, b := createReady(t, d), createReady(t, d)
+	for _, s := range []*sandboxv1.Sandbox{a, b} {
+		n := s.GetNetwork()
+		ip, err := netip.ParseAddr(n.GetIpAddress())
+		if err != nil || !netip.MustParsePrefix("10.200.0.0/24").Contains(ip) || ip.String() == "10.200.0.1" {
+			t.Fatalf("sandbox %s address %q", s.GetId(), n.GetIpAddress())
+		}
+		if n.GetTapDevice() != "tap0" || n.GetMacAddress() == "" || n.GetGateway() != "10.200.0.1" ||
+			n.GetGuestIpAddress() != "172.16.0.2" || len(n.GetDns()) != 1 || n.GetNetns() == "" {
+			t.Fatalf("inspect network = %v", n)
+		}
+		if !strings.Contains(s.GetHardware().GetBootArgs(), "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off") {
+			t.Fatalf("boot args lack the ip= argument: %q", s.GetHardware().GetBootArgs())
+		}
+		if !ping(t, hostNS, n.GetIpAddress()) {
+			t.Fatalf("sandbox %s at %s does not answer ping from the host namespace\n%s", s.GetId(), n.GetIpAddress(), d.logText())
+		}
+	}
+	if a.GetNetwork().GetIpAddress() == b.GetNetwork().GetIpAddress() {
+		t.Fatal("two sandboxes share an address")
+	}
+	// From sandbox A's namespace, B is unreachable (isolation on).
+	if ping(t, a.GetNetwork().GetNetns(), b.GetNetwork().GetIpAddress()) {
+		t.Fatal("sandbox A reaches sandbox B with isolation on")
+	}
+	// ... while the gateway (the host) is reachable.
+	if !ping(t, a.GetNetwork().GetNetns(), "10.200.0.1") {
+		t.Fatal("sandbox A cannot reach its gateway")
+	}
+	for _, s := range []*sandboxv1.Sandbox{a, b} {
+		if _, err := d.sb.Remove(t.Context(), &sandboxv1.RemoveRequest{Id: s.GetId(), Force: true}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join("/run/netns", s.GetNetwork().GetNetns())); !os.IsNotExist(err) {
+			t.Fatalf("namespace %s still exists after remove: %v", s.GetNetwork().GetNetns(), err)
+		}
+	}
+	if ping(t, hostNS, a.GetNetwork().GetIpAddress()) {
+		t.Fatal("a removed sandbox still answers")
+	}
+}
+
+func TestNetworkInterSandboxAllowed(t *testing.T) {
+	d, _ := netDaemon(t, "bridge = \"vmmbr1\"\ncidr = \"10.201.0.0/24\"\nallow_inter_sandbox = true\n", "")
+	a, b := createReady(t, d), createReady(t, d)
+	if !ping(t, a.GetNetwork().GetNetns(), b.GetNetwork().GetIpAddress()) {
+		t.Fatal("sandboxes cannot reach each other with allow_inter_sandbox = true")
+	}
+}
+
+func TestNetworkDaemonTCPAPIUnreachableFromSandboxes(t *testing.T) {
+	const port = 39091
+	d, hostNS := netDaemon(t, "bridge = \"vmmbr2\"\ncidr = \"10.202.0.0/24\"\n", "")
+	_ = hostNS
+	// The TCP API listens on every address of the host namespace.
+	d.stop()
+	conf, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf = []byte(strings.Replace(string(conf), "[grpc]\n", fmt.Sprintf("[grpc]\ntcp_addr = \"0.0.0.0:%d\"\ntcp_insecure = true\n", port), 1))
+	if err := os.WriteFile(d.config, conf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	s := createReady(t, d)
+	var fromSandbox, fromHost error
+	inNetns(t, "/run/netns/"+s.GetNetwork().GetNetns(), func() {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("10.202.0.1:%d", port), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		fromSandbox = err
+	})
+	inNetns(t, d.netns, func() {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("10.202.0.1:%d", port), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		fromHost = err
+	})
+	if fromHost != nil {
+		t.Fatalf("the TCP API is not reachable from the host namespace itself: %v", fromHost)
+	}
+	if fromSandbox == nil {
+		t.Fatal("a sandbox reached the daemon's TCP API")
+	}
+}
+
+func TestNetworkPoolExhaustionAndRecovery(t *testing.T) {
+	// A /29 has 8 addresses: network, gateway and broadcast are never
+	// leased, which leaves 5.
+	d, _ := netDaemon(t, "bridge = \"vmmbr3\"\ncidr = \"10.203.0.0/29\"\n", "")
+	var ids []string
+	for range 5 {
+		ids = append(ids, createReady(t, d).GetId())
+	}
+	nsBefore := len(sandboxNamespaces())
+	dirsBefore := len(d.sandboxDirs())
+	_, err := d.sb.Create(t.Context(), &sandboxv1.CreateRequest{})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "10.203.0.0/29") {
+		t.Fatalf("sixth create: %v, want ResourceExhausted naming the pool", err)
+	}
+	if len(sandboxNamespaces()) != nsBefore || len(d.sandboxDirs()) != dirsBefore {
+		t.Fatal("the refused create left a namespace or directory behind")
+	}
+	if _, err := d.sb.Remove(t.Context(), &sandboxv1.RemoveRequest{Id: ids[0], Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	createReady(t, d)
+}
+
+func TestNetwork200SandboxesGetDistinctAddresses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipping 200 sandboxes in -short mode")
+	}
+	d, _ := netDaemon(t, "bridge = \"vmmbr4\"\ncidr = \"10.204.0.0/16\"\n", "[limits]\nmax_sandboxes = 250\n")
+	const n = 200
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i := range n {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			r, err := d.sb.Create(t.Context(), &sandboxv1.CreateRequest{MemoryMib: 128})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids[i] = r.GetSandbox().GetId()
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	addrs := map[string]string{}
+	for _, id := range ids {
+		s := d.waitState(id, sandboxv1.SandboxState_SANDBOX_STATE_READY, 60*time.Second)
+		ip := s.GetNetwork().GetIpAddress()
+		if other, dup := addrs[ip]; dup {
+			t.Fatalf("%s and %s share %s", other, id, ip)
+		}
+		addrs[ip] = id
+	}
+	if len(addrs) != n {
+		t.Fatalf("%d distinct addresses for %d sandboxes", len(addrs), n)
+	}
+	// Shutting the daemon down removes every sandbox and its network.
+	d.stop()
+}
+
+func TestNetworkRestartTwiceLeavesOneBridgeAndOneTable(t *testing.T) {
+	d, hostNS := netDaemon(t, "bridge = \"vmmbr5\"\ncidr = \"10.205.0.0/24\"\n", "")
+	createReady(t, d)
+	for range 2 {
+		d.stop()
+		d.start()
+	}
+	s := createReady(t, d)
+	out, err := exec.Command("ip", "-n", hostNS, "-o", "link", "show", "type", "bridge").CombinedOutput()
+	if err != nil {
+		t.Fatalf("listing bridges: %v %s", err, out)
+	}
+	if got := strings.Count(string(out), "vmmbr5"); got != 1 {
+		t.Fatalf("%d bridges named vmmbr5 after two restarts:\n%s", got, out)
+	}
+	addrs, _ := exec.Command("ip", "-n", hostNS, "-o", "-4", "addr", "show", "dev", "vmmbr5").CombinedOutput()
+	if got := strings.Count(string(addrs), "10.205.0.1/24"); got != 1 {
+		t.Fatalf("gateway address present %d times:\n%s", got, addrs)
+	}
+	if tables := nftTables(t, d.netns); tables["firecracker-vmm"] != 1 || len(tables) != 1 {
+		t.Fatalf("nftables tables in the host namespace after two restarts: %v", tables)
+	}
+	if !ping(t, hostNS, s.GetNetwork().GetIpAddress()) {
+		t.Fatal("sandbox unreachable after restarts")
+	}
+}
+
+// nftTables counts the nftables tables by name in the namespace at path.
+func nftTables(t *testing.T, path string) map[string]int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := c.ListTables()
+	if err != nil {
+		t.Fatalf("listing nftables tables: %v", err)
+	}
+	m := map[string]int{}
+	for _, tb := range tables {
+		m[tb.Name]++
+	}
+	return m
+}
