@@ -31,6 +31,7 @@ func main() {
 	flag.IntVar(&o.MemoryMiB, "memory", 512, "memory per microVM (MiB)")
 	flag.IntVar(&o.RootfsMiB, "rootfs", 256, "rootfs image size (MiB, sparse)")
 	flag.BoolVar(&o.Network, "network", false, "add a series with networking on (needs root; runs the daemon in a throwaway network namespace)")
+	flag.IntVar(&o.Snapshots, "snapshots", 0, "checkpoint one sandbox this many times and restore this many sandboxes (pause, checkpoint and restore→READY figures)")
 	flag.IntVar(&bootDelay, "boot-delay-ms", 0, "emulated guest boot time (FCEMU_BOOT_DELAY_MS); 0 measures pure overhead")
 	flag.Parse()
 	if bootDelay > 0 {

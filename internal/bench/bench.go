@@ -52,6 +52,11 @@ type Options struct {
 	// root). The daemon then runs in a network namespace the benchmark
 	// creates and deletes, which plays the host's.
 	Network bool
+	// Snapshots, when > 0, checkpoints one sandbox of the daemon series
+	// that many times and restores that many new sandboxes from the last
+	// checkpoint, measuring the pause, the checkpoint call and
+	// restore→READY.
+	Snapshots int
 }
 
 // Stats summarises one series of create→READY latencies.
@@ -103,6 +108,10 @@ type Result struct {
 	Daemon   Stats
 	// Network is the daemon with networking (zero unless Options.Network).
 	Network Stats
+	// Pause is how long each checkpoint kept the sandbox paused, Checkpoint
+	// the whole Checkpoint call, Restore the Restore call until the ready
+	// event (zero unless Options.Snapshots).
+	Pause, Checkpoint, Restore Stats
 }
 
 // Ratio returns daemon/baseline for a pair of figures.
@@ -127,6 +136,13 @@ func (r Result) Fprint(w io.Writer) {
 	fmt.Fprintf(w, "ratio daemon/baseline: p50 %.2fx, p99 %.2fx, throughput %.2fx (daemon adds %+.0f%% at p50)\n",
 		Ratio(r.Daemon.P50, r.Baseline.P50), Ratio(r.Daemon.P99, r.Baseline.P99),
 		r.Daemon.Throughput/r.Baseline.Throughput, (Ratio(r.Daemon.P50, r.Baseline.P50)-1)*100)
+	if r.Restore.N > 0 {
+		fmt.Fprintf(w, "checkpoint: pause p50 %s p99 %s; whole checkpoint call p50 %s p99 %s (n=%d)\n",
+			round(r.Pause.P50), round(r.Pause.P99), round(r.Checkpoint.P50), round(r.Checkpoint.P99), r.Checkpoint.N)
+		fmt.Fprintf(w, "restore→READY: p50 %s p99 %s, %.1f/s (n=%d) vs create→READY p50 %s: %.2fx\n",
+			round(r.Restore.P50), round(r.Restore.P99), r.Restore.Throughput, r.Restore.N, round(r.Daemon.P50),
+			Ratio(r.Restore.P50, r.Daemon.P50))
+	}
 	if r.Network.N > 0 {
 		fmt.Fprintf(w, "networking adds %s at p50 (%.2fx), %s at p99 (%.2fx) to the daemon's create→READY\n",
 			round(r.Network.P50-r.Daemon.P50), Ratio(r.Network.P50, r.Daemon.P50),
@@ -156,13 +172,12 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("baseline: %w", err)
 	}
-	d, err := runDaemon(ctx, o, "daemon", "")
-	if err != nil {
+	r := Result{Baseline: base}
+	if err := runDaemon(ctx, o, "daemon", "", &r); err != nil {
 		return Result{}, fmt.Errorf("daemon: %w", err)
 	}
-	r := Result{Baseline: base, Daemon: d}
 	if o.Network {
-		if r.Network, err = runNetworked(ctx, o); err != nil {
+		if err := runNetworked(ctx, o, &r); err != nil {
 			return Result{}, fmt.Errorf("daemon with network: %w", err)
 		}
 	}
@@ -257,30 +272,33 @@ func runBaseline(ctx context.Context, o Options) (Stats, error) {
 
 // runNetworked runs the daemon series with networking on, inside a network
 // namespace created for the run.
-func runNetworked(ctx context.Context, o Options) (Stats, error) {
+func runNetworked(ctx context.Context, o Options, r *Result) error {
 	name := fmt.Sprintf("vmmbench-%d", os.Getpid())
 	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", name).CombinedOutput(); err != nil {
-		return Stats{}, fmt.Errorf("creating network namespace %s (needs root and iproute2): %v: %s", name, err, out)
+		return fmt.Errorf("creating network namespace %s (needs root and iproute2): %v: %s", name, err, out)
 	}
 	defer func() { _ = exec.Command("ip", "netns", "del", name).Run() }()
 	if out, err := exec.CommandContext(ctx, "ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		return Stats{}, fmt.Errorf("lo up: %v: %s", err, out)
+		return fmt.Errorf("lo up: %v: %s", err, out)
 	}
-	return runDaemon(ctx, o, "daemon+net", "/run/netns/"+name)
+	o.Snapshots = 0
+	return runDaemon(ctx, o, "daemon+net", "/run/netns/"+name, r)
 }
 
 // runDaemon starts vmm-daemon (inside the network namespace at netns, with
 // networking on, when netns is set) and measures Create until the ready
 // event.
-func runDaemon(ctx context.Context, o Options, name, netns string) (Stats, error) {
+// The create series lands in r.Daemon (r.Network with netns), the snapshot
+// series in r.Pause, r.Checkpoint and r.Restore.
+func runDaemon(ctx context.Context, o Options, name, netns string, r *Result) error {
 	o.logf("%s: %d creates through vmm-daemon, concurrency %d", name, o.N, o.Concurrency)
 	dir := filepath.Join(o.Dir, name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return Stats{}, err
+		return err
 	}
 	fc, err := wrapper(dir, o.Firecracker, o.Env)
 	if err != nil {
-		return Stats{}, err
+		return err
 	}
 	sock := filepath.Join(dir, "vmm.sock")
 	cfg := filepath.Join(dir, "config.toml")
@@ -307,13 +325,13 @@ max_sandboxes = %d
 
 [daemon]
 log_level = "warn"
-`, fc, filepath.Join(o.Dir, "data"), sock, o.VCPUs, o.MemoryMiB, o.kernel(), o.rootfs(), bootArgs, networkConf(netns), o.N+10)
+`, fc, filepath.Join(o.Dir, "data"), sock, o.VCPUs, o.MemoryMiB, o.kernel(), o.rootfs(), bootArgs, networkConf(netns), o.N+o.Snapshots+10)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		return Stats{}, err
+		return err
 	}
 	daemonLog, err := os.Create(filepath.Join(dir, "daemon.log"))
 	if err != nil {
-		return Stats{}, err
+		return err
 	}
 	defer daemonLog.Close()
 	cmd := exec.Command(o.Daemon, "--config", cfg)
@@ -322,7 +340,7 @@ log_level = "warn"
 	}
 	cmd.Stdout, cmd.Stderr = daemonLog, daemonLog
 	if err := cmd.Start(); err != nil {
-		return Stats{}, err
+		return err
 	}
 	defer func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -337,13 +355,13 @@ log_level = "warn"
 	}()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return Stats{}, err
+		return err
 	}
 	defer conn.Close()
 	sb := sandboxv1.NewSandboxServiceClient(conn)
 	if err := waitServing(ctx, sb, cmd); err != nil {
 		log, _ := os.ReadFile(daemonLog.Name())
-		return Stats{}, fmt.Errorf("%w\ndaemon log:\n%s", err, log)
+		return fmt.Errorf("%w\ndaemon log:\n%s", err, log)
 	}
 
 	// One event stream feeds per-id waiters; events may arrive before
@@ -352,7 +370,7 @@ log_level = "warn"
 	defer cancel()
 	stream, err := sb.Events(sctx, &sandboxv1.EventsRequest{Actions: []string{"ready", "failed"}})
 	if err != nil {
-		return Stats{}, err
+		return err
 	}
 	w := newWaiters()
 	go func() {
@@ -381,12 +399,64 @@ log_level = "warn"
 		}
 		return nil
 	})
+	if netns == "" {
+		r.Daemon = Summarize(name, lat, wall)
+	} else {
+		r.Network = Summarize(name, lat, wall)
+	}
+	if runErr == nil && o.Snapshots > 0 {
+		restored, err := runSnapshots(ctx, o, conn, w, ids[0], r)
+		ids = append(ids, restored...)
+		runErr = err
+	}
 	for _, id := range ids {
 		if id != "" {
 			_, _ = sb.Remove(context.WithoutCancel(ctx), &sandboxv1.RemoveRequest{Id: id, Force: true})
 		}
 	}
-	return Summarize(name, lat, wall), runErr
+	return runErr
+}
+
+// runSnapshots checkpoints sandbox id o.Snapshots times, then restores
+// o.Snapshots sandboxes from the last checkpoint. It returns the restored
+// sandboxes' ids.
+func runSnapshots(ctx context.Context, o Options, conn *grpc.ClientConn, w *waiters, id string, r *Result) ([]string, error) {
+	snaps := sandboxv1.NewSandboxSnapshotServiceClient(conn)
+	o.logf("snapshots: %d checkpoints of one sandbox, %d restores, concurrency %d", o.Snapshots, o.Snapshots, o.Concurrency)
+	var pauses, calls []time.Duration
+	var last string
+	start := time.Now()
+	for i := range o.Snapshots {
+		t0 := time.Now()
+		resp, err := snaps.Checkpoint(ctx, &sandboxv1.CheckpointRequest{SandboxId: id, Name: fmt.Sprintf("bench-%d", i)})
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint: %w", err)
+		}
+		calls = append(calls, time.Since(t0))
+		pauses = append(pauses, resp.GetSnapshot().GetPauseDuration().AsDuration())
+		last = resp.GetSnapshot().GetId()
+	}
+	wall := time.Since(start)
+	r.Pause = Summarize("pause", pauses, wall)
+	r.Checkpoint = Summarize("checkpoint", calls, wall)
+	ids := make([]string, o.Snapshots)
+	lat, rwall, err := parallel(ctx, o.Snapshots, o.Concurrency, func(ctx context.Context, i int) error {
+		resp, err := snaps.Restore(ctx, &sandboxv1.RestoreRequest{SnapshotId: last})
+		if err != nil {
+			return err
+		}
+		ids[i] = resp.GetSandbox().GetId()
+		ev, err := w.wait(ctx, ids[i])
+		if err != nil {
+			return err
+		}
+		if ev.GetAction() != "ready" {
+			return fmt.Errorf("restored sandbox %s: %s: %v", ids[i], ev.GetAction(), ev.GetAttributes())
+		}
+		return nil
+	})
+	r.Restore = Summarize("restore", lat, rwall)
+	return ids, err
 }
 
 // networkConf is the [network] section body of a benchmark daemon.

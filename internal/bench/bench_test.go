@@ -54,7 +54,7 @@ func TestRunSmall(t *testing.T) {
 	r, err := Run(t.Context(), Options{
 		Daemon: testutil.Binary(t, "vmm-daemon"), Firecracker: emu,
 		Env: []string{"FCEMU_BOOT_DELAY_MS=5"},
-		N:   4, Concurrency: 2, VCPUs: 1, MemoryMiB: 128, RootfsMiB: 8,
+		N:   4, Concurrency: 2, VCPUs: 1, MemoryMiB: 128, RootfsMiB: 8, Snapshots: 2,
 		Dir: testutil.ShortDir(t), Log: &log,
 		Network: os.Geteuid() == 0, // root: also the series with networking (in a throwaway netns)
 	})
@@ -70,9 +70,12 @@ func TestRunSmall(t *testing.T) {
 			t.Fatalf("%s stats = %+v", s.Name, s)
 		}
 	}
+	if r.Restore.N != 2 || r.Pause.N != 2 || r.Pause.P50 <= 0 || r.Restore.P50 <= 0 {
+		t.Fatalf("snapshot series: pause %+v restore %+v", r.Pause, r.Restore)
+	}
 	var out strings.Builder
 	r.Fprint(&out)
-	if !strings.Contains(out.String(), "ratio daemon/baseline") {
+	if !strings.Contains(out.String(), "ratio daemon/baseline") || !strings.Contains(out.String(), "restore→READY") {
 		t.Fatalf("report lacks the ratio line:\n%s", out.String())
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/server"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/snapshot"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -31,6 +33,7 @@ const versionTimeout = 5 * time.Second
 // manager is what the daemon needs of the sandbox manager.
 type manager interface {
 	server.Manager
+	server.SnapshotManager
 	Shutdown(ctx context.Context) error
 }
 
@@ -98,11 +101,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return errors.New("[firecracker.jailer]: jailer mode is not implemented yet")
 	}
 
-	bin, version, err := probeFirecracker(ctx, cfg.Firecracker.Binary)
+	fc, err := probeFirecracker(ctx, cfg.Firecracker.Binary)
 	if err != nil {
 		return err
 	}
-	log.Info("firecracker", slog.String("binary", bin), slog.String("version", version))
+	bin := fc.Path
+	log.Info("firecracker", slog.String("binary", bin), slog.String("version", fc.Version),
+		slog.String("snapshot_version", fc.SnapshotVersion))
 
 	gid := -1
 	if cfg.GRPC.SocketGroup != "" {
@@ -146,25 +151,41 @@ func (d *Daemon) Run(ctx context.Context) error {
 		log.Warn("networking is disabled ([network] enabled = false): sandboxes get no NIC")
 	}
 
+	var catalog sandbox.SnapshotCatalog
+	if fc.SnapshotVersion == "" {
+		log.Warn("checkpoint/restore disabled: the firecracker binary does not report its snapshot format (--snapshot-version)")
+	} else {
+		c, err := snapshot.Open(filepath.Join(cfg.Firecracker.DataDir, "snapshots"), log)
+		if err != nil {
+			ul.Close()
+			return fmt.Errorf("snapshot catalog: %w", err)
+		}
+		log.Info("snapshot catalog loaded", slog.Int("snapshots", len(c.List(""))))
+		catalog = c
+	}
+
 	exchange := events.NewExchange(events.Options{})
 	defer exchange.Close()
 	mgr, err := d.newManager(sandbox.Config{
-		DataDir:          cfg.Firecracker.DataDir,
-		AllowedDirs:      cfg.AllowedDirs(),
-		DefaultVCPUs:     cfg.Defaults.VCPUs,
-		DefaultMemoryMiB: cfg.Defaults.MemoryMiB,
-		DefaultKernel:    cfg.Defaults.Kernel,
-		DefaultRootfs:    cfg.Defaults.Rootfs,
-		DefaultBootArgs:  cfg.Defaults.BootArgs,
-		MaxVCPUs:         cfg.Limits.MaxVCPUs,
-		MinMemoryMiB:     cfg.Limits.MinMemoryMiB,
-		MaxMemoryMiB:     cfg.Limits.MaxMemoryMiB,
-		MaxSandboxes:     cfg.Limits.MaxSandboxes,
-		StopTimeout:      cfg.StopTimeout(),
-		Launcher:         &vmm.DirectLauncher{Config: cfg.VMMConfig(bin)},
-		Network:          netMgr,
-		Events:           exchange,
-		Logger:           log,
+		DataDir:            cfg.Firecracker.DataDir,
+		AllowedDirs:        cfg.AllowedDirs(),
+		DefaultVCPUs:       cfg.Defaults.VCPUs,
+		DefaultMemoryMiB:   cfg.Defaults.MemoryMiB,
+		DefaultKernel:      cfg.Defaults.Kernel,
+		DefaultRootfs:      cfg.Defaults.Rootfs,
+		DefaultBootArgs:    cfg.Defaults.BootArgs,
+		MaxVCPUs:           cfg.Limits.MaxVCPUs,
+		MinMemoryMiB:       cfg.Limits.MinMemoryMiB,
+		MaxMemoryMiB:       cfg.Limits.MaxMemoryMiB,
+		MaxSandboxes:       cfg.Limits.MaxSandboxes,
+		StopTimeout:        cfg.StopTimeout(),
+		Launcher:           &vmm.DirectLauncher{Config: cfg.VMMConfig(bin)},
+		Network:            netMgr,
+		Snapshots:          catalog,
+		FirecrackerVersion: fc.Release,
+		SnapshotVersion:    fc.SnapshotVersion,
+		Events:             exchange,
+		Logger:             log,
 	})
 	if err != nil {
 		ul.Close()
@@ -172,7 +193,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 
 	hs := health.NewServer()
-	srvCfg := server.Config{Manager: mgr, Events: exchange, Health: hs, Logger: log}
+	srvCfg := server.Config{Manager: mgr, Snapshots: mgr, Events: exchange, Health: hs, Logger: log}
 	listeners := []listener{{name: "unix", srv: server.NewGRPCServer(srvCfg), l: ul}}
 	if addr := cfg.GRPC.TCPAddr; addr != "" {
 		opts, err := tcpServerOptions(cfg.GRPC, log)
@@ -281,26 +302,60 @@ func prepareDataDir(dir string) error {
 	return nil
 }
 
-// probeFirecracker resolves the firecracker binary and returns its path and
-// the first line of its --version output.
-func probeFirecracker(ctx context.Context, binary string) (path, version string, err error) {
-	path, err = exec.LookPath(binary)
+// firecrackerInfo is what the daemon learns from the binary at start.
+type firecrackerInfo struct {
+	// Path is the absolute path of the binary.
+	Path string
+	// Version is the `--version` line (e.g. "Firecracker v1.16.1").
+	Version string
+	// Release is the bare release number (e.g. "1.16.1").
+	Release string
+	// SnapshotVersion is the snapshot data format it writes and loads
+	// (`--snapshot-version`, e.g. "10.0.0"); empty when it cannot say.
+	SnapshotVersion string
+}
+
+// semver finds the first vX.Y.Z in s and returns X.Y.Z.
+var semver = regexp.MustCompile(`v(\d+\.\d+\.\d+)`)
+
+// probeFirecracker finds the binary and asks it for its version and its
+// snapshot data format.
+func probeFirecracker(ctx context.Context, binary string) (firecrackerInfo, error) {
+	path, err := exec.LookPath(binary)
 	if err == nil {
 		path, err = filepath.Abs(path)
 	}
 	if err != nil {
-		return "", "", fmt.Errorf("firecracker binary %q not found or not executable; install Firecracker or set [firecracker].binary in the config: %w",
+		return firecrackerInfo{}, fmt.Errorf("firecracker binary %q not found or not executable; install Firecracker or set [firecracker].binary in the config: %w",
 			binary, err)
 	}
+	out, err := runFlag(ctx, path, "--version")
+	if err != nil {
+		return firecrackerInfo{}, err
+	}
+	info := firecrackerInfo{Path: path}
+	info.Version, _, _ = strings.Cut(out, "\n")
+	if m := semver.FindStringSubmatch(info.Version); m != nil {
+		info.Release = m[1]
+	}
+	if out, err := runFlag(ctx, path, "--snapshot-version"); err == nil {
+		if m := semver.FindStringSubmatch(out); m != nil {
+			info.SnapshotVersion = m[1]
+		}
+	}
+	return info, nil
+}
+
+// runFlag runs `binary flag` with a timeout and returns its trimmed output.
+func runFlag(ctx context.Context, path, flag string) (string, error) {
 	vctx, cancel := context.WithTimeout(ctx, versionTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(vctx, path, "--version")
+	cmd := exec.CommandContext(vctx, path, flag)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.WaitDelay = time.Second
 	if err := cmd.Run(); err != nil {
-		return "", "", fmt.Errorf("firecracker binary %s: `--version` failed: %w: %s", path, err, strings.TrimSpace(out.String()))
+		return "", fmt.Errorf("firecracker binary %s: `%s` failed: %w: %s", path, flag, err, strings.TrimSpace(out.String()))
 	}
-	version, _, _ = strings.Cut(strings.TrimSpace(out.String()), "\n")
-	return path, version, nil
+	return strings.TrimSpace(out.String()), nil
 }

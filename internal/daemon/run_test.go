@@ -30,6 +30,7 @@ import (
 	sandboxv1 "github.com/firecracker-vmm/firecracker-vmm/api/sandbox/v1"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/snapshot"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
 )
 
@@ -43,6 +44,20 @@ type fakeManager struct {
 	blockStop  bool
 	stopCalled chan struct{}
 }
+
+func (f *fakeManager) Checkpoint(context.Context, sandbox.CheckpointRequest) (snapshot.Meta, error) {
+	return snapshot.Meta{}, errdefs.ErrNotImplemented
+}
+
+func (f *fakeManager) Restore(context.Context, sandbox.RestoreRequest) (sandbox.Sandbox, error) {
+	return sandbox.Sandbox{}, errdefs.ErrNotImplemented
+}
+
+func (f *fakeManager) ListSnapshots(context.Context, string) ([]snapshot.Meta, error) {
+	return nil, nil
+}
+
+func (f *fakeManager) DeleteSnapshot(context.Context, string) error { return errdefs.ErrNotImplemented }
 
 func (f *fakeManager) Create(context.Context, sandbox.CreateRequest) (sandbox.Sandbox, error) {
 	return sandbox.Sandbox{ID: "01h2k3m4n5p6", State: sandbox.StateStarting}, nil

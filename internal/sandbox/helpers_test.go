@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/firecracker"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -30,8 +32,88 @@ type fakeRuntime struct {
 
 	mu       sync.Mutex
 	specs    []vmm.VMSpec
+	restores []vmm.RestoreSpec
 	machines []*fakeMachine
 	pid      int
+	// Checkpoint faults and the call log (guarded by mu; see setFaults).
+	faults fakeFaults
+	calls  []string
+}
+
+// fakeFaults are the failures fake machines inject.
+type fakeFaults struct {
+	restoreErr  error // Restore fails with this error
+	pauseErr    error // Pause fails with this error
+	snapshotErr error // CreateSnapshot fails with this error
+	resumeFails int   // this many Resume calls fail (then they succeed)
+}
+
+// setFaults replaces the injected faults.
+func (r *fakeRuntime) setFaults(f fakeFaults) {
+	r.mu.Lock()
+	r.faults = f
+	r.mu.Unlock()
+}
+
+// record appends a call to the log.
+func (r *fakeRuntime) record(call string) {
+	r.mu.Lock()
+	r.calls = append(r.calls, call)
+	r.mu.Unlock()
+}
+
+// callLog returns the calls recorded so far.
+func (r *fakeRuntime) callLog() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
+}
+
+// fakeVMState is what a fake snapshot's vmstate file holds.
+type fakeVMState struct {
+	MemoryMiB int    `json:"memory_mib"`
+	Type      string `json:"type"`
+}
+
+// Restore checks the snapshot files like Firecracker would and returns a
+// running fake machine.
+func (r *fakeRuntime) Restore(ctx context.Context, spec vmm.RestoreSpec) (machine, error) {
+	r.mu.Lock()
+	r.restores = append(r.restores, spec)
+	r.pid++
+	pid := 1000 + r.pid
+	restoreErr := r.faults.restoreErr
+	r.mu.Unlock()
+	r.record("restore")
+	if r.startDelay > 0 {
+		select {
+		case <-time.After(r.startDelay):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("fake restore: %w", ctx.Err())
+		}
+	}
+	if restoreErr != nil {
+		return nil, restoreErr
+	}
+	data, err := os.ReadFile(spec.SnapshotPath)
+	if err != nil {
+		return nil, fmt.Errorf("fake restore: %w", err)
+	}
+	var st fakeVMState
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("fake restore: vmstate: %w", err)
+	}
+	if fi, err := os.Stat(spec.MemFilePath); err != nil || fi.Size() != int64(st.MemoryMiB)<<20 {
+		return nil, fmt.Errorf("fake restore: memory file %s: %v", spec.MemFilePath, err)
+	}
+	if _, err := os.Stat(filepath.Join(spec.Dir, DiskName)); err != nil {
+		return nil, fmt.Errorf("fake restore: disk: %w", err)
+	}
+	m := &fakeMachine{pid: pid, done: make(chan struct{}), ignoreCAD: r.ignoreCAD, rt: r, memoryMiB: st.MemoryMiB}
+	r.mu.Lock()
+	r.machines = append(r.machines, m)
+	r.mu.Unlock()
+	return m, nil
 }
 
 func (r *fakeRuntime) Start(ctx context.Context, spec vmm.VMSpec) (machine, error) {
@@ -50,7 +132,7 @@ func (r *fakeRuntime) Start(ctx context.Context, spec vmm.VMSpec) (machine, erro
 	if r.startErr != nil {
 		return nil, r.startErr
 	}
-	m := &fakeMachine{pid: pid, done: make(chan struct{}), ignoreCAD: r.ignoreCAD}
+	m := &fakeMachine{pid: pid, done: make(chan struct{}), ignoreCAD: r.ignoreCAD, rt: r, memoryMiB: spec.MemoryMiB}
 	if r.exitAfter > 0 {
 		st := r.exitWith
 		m.timer = time.AfterFunc(r.exitAfter, func() { m.exit(st) })
@@ -81,10 +163,84 @@ type fakeMachine struct {
 	done      chan struct{}
 	ignoreCAD bool
 	timer     *time.Timer
+	rt        *fakeRuntime
+	memoryMiB int
 
-	once sync.Once
-	mu   sync.Mutex
-	st   vmm.ExitStatus
+	once   sync.Once
+	mu     sync.Mutex
+	st     vmm.ExitStatus
+	paused bool
+}
+
+// isPaused reports whether the machine is paused.
+func (m *fakeMachine) isPaused() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.paused
+}
+
+func (m *fakeMachine) Pause(ctx context.Context) error {
+	m.rt.record("pause")
+	m.rt.mu.Lock()
+	err := m.rt.faults.pauseErr
+	m.rt.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.paused = true
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *fakeMachine) Resume(ctx context.Context) error {
+	m.rt.record("resume")
+	m.rt.mu.Lock()
+	fail := m.rt.faults.resumeFails > 0
+	if fail {
+		m.rt.faults.resumeFails--
+	}
+	m.rt.mu.Unlock()
+	if fail {
+		return errors.New("fake resume failure")
+	}
+	m.mu.Lock()
+	m.paused = false
+	m.mu.Unlock()
+	return nil
+}
+
+// CreateSnapshot writes a small vmstate and a sparse memory file of the
+// machine's size (data at offset 0 for Full, at 4096 for Diff).
+func (m *fakeMachine) CreateSnapshot(ctx context.Context, p firecracker.SnapshotCreateParams) error {
+	m.rt.record("snapshot " + string(p.SnapshotType))
+	m.rt.mu.Lock()
+	err := m.rt.faults.snapshotErr
+	m.rt.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if !m.isPaused() {
+		return errors.New("fake: snapshot of a running VM")
+	}
+	st, _ := json.Marshal(fakeVMState{MemoryMiB: m.memoryMiB, Type: string(p.SnapshotType)})
+	if err := os.WriteFile(p.SnapshotPath, st, 0o600); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(p.MemFilePath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Truncate(int64(m.memoryMiB) << 20); err != nil {
+		return err
+	}
+	off := int64(0)
+	if p.SnapshotType == firecracker.SnapshotDiff {
+		off = 4096
+	}
+	_, err = f.WriteAt([]byte("fake-memory-"+string(p.SnapshotType)), off)
+	return err
 }
 
 func (m *fakeMachine) exit(st vmm.ExitStatus) {

@@ -18,6 +18,7 @@ import (
 	"github.com/firecracker-vmm/firecracker-vmm/internal/disk"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/ids"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
@@ -41,6 +42,15 @@ const (
 	MetricsName = "firecracker.metrics"
 	ConsoleName = vmm.DefaultConsoleName // console.log
 	DiskName    = "rootfs.ext4"
+	// VsockName is the vsock device's host socket; Firecracker is given
+	// it relative to its working directory (the sandbox directory).
+	VsockName = "vsock.sock"
+	// SnapshotStateName and SnapshotMemName are a restored sandbox's links
+	// to (or copies of) its snapshot's vmstate and memory files.
+	SnapshotStateName = "snapshot.vmstate"
+	SnapshotMemName   = "snapshot.mem"
+	// GuestCID is the vsock context id of every guest.
+	GuestCID = 3
 	// rootDriveID is the Firecracker drive id of the sandbox's disk.
 	rootDriveID = "rootfs"
 )
@@ -83,6 +93,18 @@ type Config struct {
 	Events *events.Exchange
 	// Logger is the structured logger (default slog.Default()).
 	Logger *slog.Logger
+	// Snapshots is the snapshot catalog (*snapshot.Catalog); nil means
+	// Checkpoint and Restore answer FailedPrecondition.
+	Snapshots SnapshotCatalog
+	// FirecrackerVersion is the installed binary's version (its --version,
+	// e.g. "1.16.1"; a leading "Firecracker v" is dropped), recorded in
+	// each snapshot's metadata.
+	FirecrackerVersion string
+	// SnapshotVersion is the installed binary's snapshot data format (its
+	// --snapshot-version, e.g. "10.0.0"; a leading "v" is dropped).
+	// Required with Snapshots: Restore refuses a snapshot whose format
+	// has another major or a greater minor version.
+	SnapshotVersion string
 }
 
 // Networker gives sandboxes their network. It is implemented by
@@ -151,6 +173,13 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.SnapshotVersion = strings.TrimPrefix(strings.TrimSpace(cfg.SnapshotVersion), "v")
+	cfg.FirecrackerVersion = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(cfg.FirecrackerVersion), "Firecracker "), "v")
+	if cfg.Snapshots != nil {
+		if _, _, err := parseFormatVersion(cfg.SnapshotVersion); err != nil {
+			add("snapshot version %q (the binary's --snapshot-version): %v", cfg.SnapshotVersion, err)
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return cfg, fmt.Errorf("sandbox manager config: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
@@ -171,9 +200,11 @@ type Manager struct {
 	rt           runtime
 	events       *events.Exchange
 	log          *slog.Logger
-	ids          *idGenerator
+	ids          *ids.Generator
 	now          func() time.Time
 	sandboxesDir string
+	// cloneDisk copies a disk image (disk.Clone; tests inject failures).
+	cloneDisk func(ctx context.Context, src, dst string) error
 
 	// baseCtx parents every background goroutine's context; it is
 	// cancelled at the end of Shutdown.
@@ -196,8 +227,8 @@ type Manager struct {
 // instance is the manager's record of one sandbox.
 type instance struct {
 	id string
-	// op serializes operations on this sandbox (Stop, Remove, expiry): a
-	// one-slot semaphore, so that waiting for it honours a context.
+	// op serializes operations on this sandbox (Stop, Remove, Checkpoint,
+	// expiry): a one-slot semaphore, so that waiting for it honours a context.
 	op chan struct{}
 	// cancel ends the background goroutine (boot, then watch); done is
 	// closed when it has returned.
@@ -254,9 +285,10 @@ func newManager(cfg Config, rt runtime) (*Manager, error) {
 		rt:           rt,
 		events:       cfg.Events,
 		log:          cfg.Logger,
-		ids:          newIDGenerator(nil),
+		ids:          ids.NewGenerator(nil),
 		now:          time.Now,
 		sandboxesDir: filepath.Join(cfg.DataDir, "sandboxes"),
+		cloneDisk:    disk.Clone,
 		baseCtx:      ctx,
 		baseCancel:   cancel,
 		shutdownDone: make(chan struct{}),
@@ -282,10 +314,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	if err := ctx.Err(); err != nil {
 		return Sandbox{}, fmt.Errorf("create: %w", err)
 	}
-	m.mu.Lock()
-	closing := m.closing
-	m.mu.Unlock()
-	if closing {
+	if m.isClosing() {
 		return Sandbox{}, errShuttingDown()
 	}
 	p, err := m.validate(req)
@@ -294,25 +323,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	}
 	defer p.rootfsFile.Close()
 
-	// Reserve a slot so that concurrent creates cannot pass the cap.
-	m.mu.Lock()
-	switch {
-	case m.closing:
-		m.mu.Unlock()
-		return Sandbox{}, errShuttingDown()
-	case len(m.sandboxes)+m.reserved >= m.cfg.MaxSandboxes:
-		m.mu.Unlock()
-		return Sandbox{}, fmt.Errorf("create: the limit of %d sandboxes is reached; remove some first: %w",
-			m.cfg.MaxSandboxes, errdefs.ErrResourceExhausted)
+	if err := m.reserve(); err != nil {
+		return Sandbox{}, fmt.Errorf("create: %w", err)
 	}
-	m.reserved++
-	m.mu.Unlock()
 	registered := false
 	defer func() {
 		if !registered {
-			m.mu.Lock()
-			m.reserved--
-			m.mu.Unlock()
+			m.unreserve()
 		}
 	}()
 
@@ -369,6 +386,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 			LogPath:     filepath.Join(dir, LogName),
 			MetricsPath: filepath.Join(dir, MetricsName),
 			ConsolePath: filepath.Join(dir, ConsoleName),
+			VsockPath:   filepath.Join(dir, VsockName),
 		},
 		Dir:       dir,
 		CreatedAt: now,
@@ -384,7 +402,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		ID: id, Dir: dir, APISocket: rec.Process.APISocket, ConsolePath: rec.Process.ConsolePath,
 		VCPUs: p.vcpus, MemoryMiB: p.memoryMiB, TrackDirtyPages: p.trackDirtyPages,
 		Kernel: p.kernel, Initrd: p.initrd, BootArgs: p.bootArgs,
-		Drives:  []vmm.DriveSpec{{ID: rootDriveID, Path: diskPath, Root: true}},
+		// The drive and the vsock socket are relative to the VMM's working
+		// directory (dir), so that a snapshot of this VM loads in another
+		// sandbox's directory, against that sandbox's own files.
+		Drives:  []vmm.DriveSpec{{ID: rootDriveID, Path: DiskName, Root: true}},
+		Vsock:   &vmm.VsockSpec{CID: GuestCID, UDSPath: VsockName},
 		Logging: vmm.LoggingSpec{LogPath: rec.Process.LogPath, MetricsPath: rec.Process.MetricsPath},
 	}
 	if m.cfg.Network != nil {
@@ -399,17 +421,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
-	m.mu.Lock()
-	if m.closing {
-		m.mu.Unlock()
+	if err := m.register(inst); err != nil {
 		cancel()
-		return Sandbox{}, errShuttingDown()
+		return Sandbox{}, err
 	}
-	m.reserved--
 	registered = true
-	m.sandboxes[id] = inst
-	m.wg.Add(1)
-	m.mu.Unlock()
 
 	attrs := map[string]string{"vcpus": strconv.Itoa(p.vcpus), "memory_mib": strconv.Itoa(p.memoryMiB)}
 	if p.ttl > 0 {
@@ -419,17 +435,66 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	m.publishLocked(inst, ActionCreated, attrs)
 	log.Info("sandbox created", "vcpus", p.vcpus, "memory_mib", p.memoryMiB, "kernel", p.kernel,
 		"rootfs", p.rootfs, "disk_method", string(method), "ttl", p.ttl)
-	go m.run(runCtx, inst, spec)
+	go m.run(runCtx, inst, "boot", func(ctx context.Context) (machine, error) { return m.rt.Start(ctx, spec) })
 	return inst.snapshotLocked(), nil
 }
 
-// run is a sandbox's background goroutine: it boots the VMM and then
-// watches it until it exits or ctx is cancelled (by Stop or Remove, which
-// then own the VMM).
-func (m *Manager) run(ctx context.Context, inst *instance, spec vmm.VMSpec) {
+// startFunc starts a sandbox's VMM: a boot or a snapshot restore.
+type startFunc func(ctx context.Context) (machine, error)
+
+// isClosing reports whether Shutdown has begun.
+func (m *Manager) isClosing() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closing
+}
+
+// reserve takes a slot under the sandbox cap, so that concurrent creates
+// and restores cannot pass it. The slot is given back with unreserve or
+// turned into a registration by register.
+func (m *Manager) reserve() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.closing:
+		return errShuttingDown()
+	case len(m.sandboxes)+m.reserved >= m.cfg.MaxSandboxes:
+		return fmt.Errorf("the limit of %d sandboxes is reached; remove some first: %w",
+			m.cfg.MaxSandboxes, errdefs.ErrResourceExhausted)
+	}
+	m.reserved++
+	return nil
+}
+
+// unreserve gives back a slot taken by reserve.
+func (m *Manager) unreserve() {
+	m.mu.Lock()
+	m.reserved--
+	m.mu.Unlock()
+}
+
+// register adds inst, which holds a reserved slot, to the registry and
+// accounts for its background goroutine, which the caller must start. It
+// fails (the slot still reserved) once Shutdown has begun.
+func (m *Manager) register(inst *instance) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closing {
+		return errShuttingDown()
+	}
+	m.reserved--
+	m.sandboxes[inst.id] = inst
+	m.wg.Add(1)
+	return nil
+}
+
+// run is a sandbox's background goroutine: it starts the VMM with start
+// (what names it: "boot" or "restore") and then watches it until it exits
+// or ctx is cancelled (by Stop or Remove, which then own the VMM).
+func (m *Manager) run(ctx context.Context, inst *instance, what string, start startFunc) {
 	defer m.wg.Done()
 	defer close(inst.done)
-	mach, ok := m.boot(ctx, inst, spec)
+	mach, ok := m.boot(ctx, inst, what, start)
 	if !ok {
 		return
 	}
@@ -467,14 +532,15 @@ func (m *Manager) run(ctx context.Context, inst *instance, spec vmm.VMSpec) {
 	inst.log.Warn("VMM exited on its own", "status", st.String(), "state", string(to))
 }
 
-// boot starts the VMM and records the outcome: READY (ok true, the
-// machine returned for watching) or FAILED. When a Stop or Remove took the
-// sandbox over meanwhile, the machine (if any) is handed to it.
-func (m *Manager) boot(ctx context.Context, inst *instance, spec vmm.VMSpec) (machine, bool) {
+// boot starts the VMM (a boot or a restore, named by what) and records the
+// outcome: READY (ok true, the machine returned for watching) or FAILED.
+// When a Stop or Remove took the sandbox over meanwhile, the machine (if
+// any) is handed to it.
+func (m *Manager) boot(ctx context.Context, inst *instance, what string, startVM startFunc) (machine, bool) {
 	bctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
 	start := m.now()
-	mach, err := m.rt.Start(bctx, spec)
+	mach, err := startVM(bctx)
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
 	if inst.rec.State != StateStarting {
@@ -484,21 +550,21 @@ func (m *Manager) boot(ctx context.Context, inst *instance, spec vmm.VMSpec) (ma
 	if err != nil {
 		reason := err.Error()
 		if errors.Is(bctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
-			reason = fmt.Sprintf("boot did not finish within %v: %v", m.cfg.BootTimeout, err)
+			reason = fmt.Sprintf("%s did not finish within %v: %v", what, m.cfg.BootTimeout, err)
 		}
 		inst.rec.FailureReason = reason
 		inst.rec.StoppedAt = m.now()
 		m.transitionLocked(inst, StateFailed, ActionFailed, map[string]string{"reason": reason})
-		inst.log.Error("boot failed", "error", reason)
+		inst.log.Error(what+" failed", "error", reason)
 		return nil, false
 	}
 	inst.vm = mach
 	inst.rec.ReadyAt = m.now()
 	inst.rec.Process.PID = mach.Pid()
 	m.transitionLocked(inst, StateReady, ActionReady, map[string]string{
-		"pid": strconv.Itoa(mach.Pid()), "boot_ms": strconv.FormatInt(inst.rec.ReadyAt.Sub(start).Milliseconds(), 10),
+		"pid": strconv.Itoa(mach.Pid()), what + "_ms": strconv.FormatInt(inst.rec.ReadyAt.Sub(start).Milliseconds(), 10),
 	})
-	inst.log.Info("sandbox ready", "pid", mach.Pid(), "boot_time", inst.rec.ReadyAt.Sub(start))
+	inst.log.Info("sandbox ready", "pid", mach.Pid(), what+"_time", inst.rec.ReadyAt.Sub(start))
 	return mach, true
 }
 
@@ -558,7 +624,7 @@ func (m *Manager) lookup(id string) (*instance, error) {
 			shown = shown[:40] + "..."
 		}
 		return nil, fmt.Errorf("sandbox id %s: must be %d characters of 0-9 and a-z (without i, l, o, u): %w",
-			strconv.QuoteToASCII(shown), IDLength, errdefs.ErrInvalidArgument)
+			strconv.QuoteToASCII(shown), ids.Length, errdefs.ErrInvalidArgument)
 	}
 	m.mu.Lock()
 	inst := m.sandboxes[id]

@@ -41,10 +41,19 @@ func TestLifecycleFake(t *testing.T) {
 	if ready.Process.PID == 0 || ready.ReadyAt.IsZero() || ready.Labels["env"] != "dev" {
 		t.Errorf("ready record %+v", ready)
 	}
-	// The boot got the sandbox's own disk as the root drive, and the log,
-	// metrics, console and socket paths inside its directory.
+	// The boot got the sandbox's own disk as the root drive and a vsock
+	// device (both relative to the VMM's working directory, the sandbox
+	// directory), and the log, metrics, console and socket paths inside
+	// its directory.
 	spec := rt.specs[0]
-	want := vmm.DriveSpec{ID: "rootfs", Path: s.Hardware.Disk, Root: true}
+	want := vmm.DriveSpec{ID: "rootfs", Path: DiskName, Root: true}
+	if s.Hardware.Disk != filepath.Join(dir, DiskName) || spec.Dir != dir {
+		t.Errorf("disk %s, VMM directory %s", s.Hardware.Disk, spec.Dir)
+	}
+	if spec.Vsock == nil || *spec.Vsock != (vmm.VsockSpec{CID: 3, UDSPath: "vsock.sock"}) ||
+		s.Process.VsockPath != filepath.Join(dir, "vsock.sock") {
+		t.Errorf("vsock %+v, recorded %q", spec.Vsock, s.Process.VsockPath)
+	}
 	if len(spec.Drives) != 1 || spec.Drives[0] != want || spec.VCPUs != 2 || spec.MemoryMiB != 256 ||
 		spec.Kernel != e.kernel || spec.BootArgs != DefaultBootArgs || spec.NICs != nil ||
 		spec.APISocket != filepath.Join(dir, SocketName) || spec.ConsolePath != filepath.Join(dir, ConsoleName) ||

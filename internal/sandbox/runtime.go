@@ -3,15 +3,20 @@ package sandbox
 import (
 	"context"
 
+	"github.com/firecracker-vmm/firecracker-vmm/internal/firecracker"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
-// runtime boots microVMs. The manager uses vmmRuntime; unit tests use a
-// fake.
+// runtime starts microVMs, by booting or by loading a snapshot. The
+// manager uses vmmRuntime; unit tests use a fake.
 type runtime interface {
 	// Start boots spec and returns once the microVM runs. On failure it
 	// leaves no process and no socket behind.
 	Start(ctx context.Context, spec vmm.VMSpec) (machine, error)
+	// Restore starts a fresh VMM, loads a snapshot into it and returns
+	// once the load was answered. On failure it leaves no process and no
+	// socket behind.
+	Restore(ctx context.Context, spec vmm.RestoreSpec) (machine, error)
 }
 
 // machine is one running microVM.
@@ -26,9 +31,17 @@ type machine interface {
 	Shutdown(ctx context.Context) (vmm.ExitStatus, error)
 	// Kill kills the VMM at once and waits for it.
 	Kill(ctx context.Context) (vmm.ExitStatus, error)
+	// Pause pauses the microVM (idempotent).
+	Pause(ctx context.Context) error
+	// Resume resumes the microVM (idempotent).
+	Resume(ctx context.Context) error
+	// CreateSnapshot writes a snapshot of the paused microVM; the paths
+	// in p are host paths.
+	CreateSnapshot(ctx context.Context, p firecracker.SnapshotCreateParams) error
 }
 
-// vmmRuntime starts Firecracker through vmm.Start and a Launcher.
+// vmmRuntime starts Firecracker through vmm.Start / vmm.Restore and a
+// Launcher.
 type vmmRuntime struct {
 	launcher vmm.Launcher
 }
@@ -36,6 +49,15 @@ type vmmRuntime struct {
 // Start implements runtime.
 func (r vmmRuntime) Start(ctx context.Context, spec vmm.VMSpec) (machine, error) {
 	vm, err := vmm.Start(ctx, r.launcher, spec)
+	if err != nil {
+		return nil, err
+	}
+	return vmMachine{vm}, nil
+}
+
+// Restore implements runtime.
+func (r vmmRuntime) Restore(ctx context.Context, spec vmm.RestoreSpec) (machine, error) {
+	vm, err := vmm.Restore(ctx, r.launcher, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -54,3 +76,8 @@ func (m vmMachine) Shutdown(ctx context.Context) (vmm.ExitStatus, error) {
 	return m.vm.Shutdown(ctx)
 }
 func (m vmMachine) Kill(ctx context.Context) (vmm.ExitStatus, error) { return m.vm.Kill(ctx) }
+func (m vmMachine) Pause(ctx context.Context) error                  { return m.vm.Pause(ctx) }
+func (m vmMachine) Resume(ctx context.Context) error                 { return m.vm.Resume(ctx) }
+func (m vmMachine) CreateSnapshot(ctx context.Context, p firecracker.SnapshotCreateParams) error {
+	return m.vm.CreateSnapshot(ctx, p)
+}

@@ -2,6 +2,8 @@ package sandbox
 
 import (
 	"time"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/ids"
 )
 
 // State is the lifecycle state of a sandbox. The values are the lower-case
@@ -31,6 +33,10 @@ const (
 	ActionExited   = "exited"   // the VMM exited on its own (state stopped or failed)
 	ActionRemoved  = "removed"  // the sandbox and its resources are gone
 	ActionExpired  = "expired"  // the TTL ran out; a removed event follows
+	// ActionCheckpointed: a snapshot was taken (attributes snapshot_id, name, type, pause_ms).
+	ActionCheckpointed = "checkpointed"
+	// ActionRestored: a sandbox was created from a snapshot (state starting; attribute snapshot_id).
+	ActionRestored = "restored"
 )
 
 // Hardware is a sandbox's machine configuration.
@@ -73,6 +79,8 @@ type Process struct {
 	Chroot      string
 	UID, GID    int
 	Cgroup      string
+	// VsockPath is the host path of the vsock device's unix socket.
+	VsockPath string
 }
 
 // Sandbox is a snapshot (a copy) of a sandbox's record. Callers may keep and
@@ -95,6 +103,11 @@ type Sandbox struct {
 	FailureReason string
 	// RestoredFrom is the snapshot id a restored sandbox came from.
 	RestoredFrom string
+	// LastPause is how long the last checkpoint kept the sandbox paused.
+	LastPause time.Duration
+	// LastSnapshotID is the last snapshot taken of (or restored into) this
+	// sandbox's VMM: the base of a Diff checkpoint.
+	LastSnapshotID string
 }
 
 // CreateRequest asks for a new sandbox. Zero values take the configured
@@ -119,3 +132,6 @@ type ListFilter struct {
 	// Labels keeps sandboxes that carry every one of these labels.
 	Labels map[string]string
 }
+
+// ValidID reports whether id has the form of a sandbox id.
+func ValidID(id string) bool { return ids.Valid(id) }

@@ -12,6 +12,7 @@ import (
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/snapshot"
 )
 
 // stateToProtoMap and its inverse map the domain states to the enum.
@@ -120,15 +121,48 @@ func sandboxToProto(sb sandbox.Sandbox) *sandboxv1.Sandbox {
 			Uid:         clampUint32(p.UID),
 			Gid:         clampUint32(p.GID),
 			Cgroup:      p.Cgroup,
+			VsockSocket: p.VsockPath,
 		},
-		CreatedAt:     timestampToProto(sb.CreatedAt),
-		ReadyAt:       timestampToProto(sb.ReadyAt),
-		StoppedAt:     timestampToProto(sb.StoppedAt),
-		Ttl:           durationToProto(sb.TTL),
-		ExpiresAt:     timestampToProto(sb.ExpiresAt),
-		FailureReason: sb.FailureReason,
-		RestoredFrom:  sb.RestoredFrom,
+		CreatedAt:      timestampToProto(sb.CreatedAt),
+		ReadyAt:        timestampToProto(sb.ReadyAt),
+		StoppedAt:      timestampToProto(sb.StoppedAt),
+		Ttl:            durationToProto(sb.TTL),
+		ExpiresAt:      timestampToProto(sb.ExpiresAt),
+		FailureReason:  sb.FailureReason,
+		RestoredFrom:   sb.RestoredFrom,
+		LastPause:      durationToProto(sb.LastPause),
+		LastSnapshotId: sb.LastSnapshotID,
 	}
+}
+
+// snapshotToProto converts a catalog entry into the API message.
+func snapshotToProto(m snapshot.Meta) *sandboxv1.Snapshot {
+	typ := sandboxv1.SnapshotType_SNAPSHOT_TYPE_FULL
+	if m.Type == snapshot.TypeDiff {
+		typ = sandboxv1.SnapshotType_SNAPSHOT_TYPE_DIFF
+	}
+	hw := m.Hardware
+	out := &sandboxv1.Snapshot{
+		Id:                 m.ID,
+		Name:               m.Name,
+		SandboxId:          m.SandboxID,
+		CreatedAt:          timestampToProto(m.CreatedAt),
+		Type:               typ,
+		FirecrackerVersion: m.FirecrackerVersion,
+		SnapshotVersion:    m.SnapshotVersion,
+		Hardware: &sandboxv1.Hardware{
+			Vcpus: clampUint32(hw.VCPUs), MemoryMib: clampUint32(hw.MemoryMiB),
+			Kernel: hw.Kernel, Initrd: hw.Initrd, Rootfs: hw.Rootfs, BootArgs: hw.BootArgs,
+		},
+		SizeBytes:     uint64(max(m.SizeBytes(), 0)),
+		PauseDuration: durationToProto(m.PauseDuration),
+		Path:          m.Dir,
+		ParentId:      m.ParentID,
+	}
+	if n := m.Network; n != nil {
+		out.Network = &sandboxv1.NetworkInfo{TapDevice: n.TAP, MacAddress: n.GuestMAC, GuestIpAddress: n.GuestIP}
+	}
+	return out
 }
 
 // networkToProto converts a network identity; a sandbox without network

@@ -31,6 +31,9 @@ type Config struct {
 	Health *health.Server
 	// Logger receives request and panic logs (default slog.Default()).
 	Logger *slog.Logger
+	// Snapshots serves SandboxSnapshotService; nil answers
+	// FAILED_PRECONDITION.
+	Snapshots SnapshotManager
 }
 
 // NewGRPCServer returns a grpc.Server with the sandbox.v1 services,
@@ -50,7 +53,7 @@ func NewGRPCServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	}, opts...)
 	s := grpc.NewServer(all...)
 	sandboxv1.RegisterSandboxServiceServer(s, NewService(cfg.Manager, cfg.Events, log))
-	sandboxv1.RegisterSandboxSnapshotServiceServer(s, SnapshotService{})
+	sandboxv1.RegisterSandboxSnapshotServiceServer(s, NewSnapshotService(cfg.Snapshots))
 	hs := cfg.Health
 	if hs == nil {
 		hs = health.NewServer()

@@ -28,6 +28,7 @@ import (
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/snapshot"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
 )
 
@@ -132,6 +133,8 @@ type harness struct {
 	conn   *grpc.ClientConn
 	client sandboxv1.SandboxServiceClient
 	snaps  sandboxv1.SandboxSnapshotServiceClient
+	// snapMgr answers the snapshot RPCs.
+	snapMgr *fakeSnapshots
 }
 
 func newHarness(t *testing.T, opts events.Options) *harness {
@@ -142,7 +145,8 @@ func newHarness(t *testing.T, opts events.Options) *harness {
 		logs: &testutil.SyncBuffer{},
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv := NewGRPCServer(Config{Manager: h.mgr, Events: h.ev, Logger: log})
+	h.snapMgr = &fakeSnapshots{}
+	srv := NewGRPCServer(Config{Manager: h.mgr, Events: h.ev, Logger: log, Snapshots: h.snapMgr})
 	sock := filepath.Join(testutil.ShortDir(t), "s.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -459,22 +463,6 @@ func TestUnimplemented(t *testing.T) {
 			s, err := h.client.Exec(ctx)
 			return recvErr(s, err)
 		}, "in-guest agent"},
-		"Checkpoint": {func() error {
-			_, err := h.snaps.Checkpoint(ctx, &sandboxv1.CheckpointRequest{})
-			return err
-		}, "checkpoint/restore is not implemented yet"},
-		"Restore": {func() error {
-			_, err := h.snaps.Restore(ctx, &sandboxv1.RestoreRequest{})
-			return err
-		}, "checkpoint/restore is not implemented yet"},
-		"ListSnapshots": {func() error {
-			_, err := h.snaps.ListSnapshots(ctx, &sandboxv1.ListSnapshotsRequest{})
-			return err
-		}, "checkpoint/restore is not implemented yet"},
-		"DeleteSnapshot": {func() error {
-			_, err := h.snaps.DeleteSnapshot(ctx, &sandboxv1.DeleteSnapshotRequest{})
-			return err
-		}, "checkpoint/restore is not implemented yet"},
 	}
 	for name, c := range checks {
 		err := c.call()
@@ -715,5 +703,127 @@ func TestRequestLogging(t *testing.T) {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %q:\n%s", want, logs)
 		}
+	}
+}
+
+// fakeSnapshots is a SnapshotManager that records its calls.
+type fakeSnapshots struct {
+	mu       sync.Mutex
+	lastCkpt sandbox.CheckpointRequest
+	lastRest sandbox.RestoreRequest
+}
+
+func (f *fakeSnapshots) Checkpoint(_ context.Context, req sandbox.CheckpointRequest) (snapshot.Meta, error) {
+	f.mu.Lock()
+	f.lastCkpt = req
+	f.mu.Unlock()
+	if req.SandboxID == "0000000000zz" {
+		return snapshot.Meta{}, fmt.Errorf("sandbox %s: %w", req.SandboxID, errdefs.ErrNotFound)
+	}
+	if req.Name == "dup" {
+		return snapshot.Meta{}, fmt.Errorf("snapshot name %q: %w", req.Name, errdefs.ErrAlreadyExists)
+	}
+	typ := snapshot.TypeFull
+	if req.Diff {
+		typ = snapshot.TypeDiff
+	}
+	return snapshot.Meta{
+		ID: "1m8hsnapshot", Name: req.Name, SandboxID: req.SandboxID, Type: typ, ParentID: "base",
+		FirecrackerVersion: "1.16.1", SnapshotVersion: "10.0.0", PauseDuration: 12 * time.Millisecond,
+		Hardware: snapshot.Hardware{VCPUs: 2, MemoryMiB: 1024},
+		Network:  &snapshot.Network{GuestIP: "172.16.0.2", GuestMAC: "06:00:0a:00:00:02", TAP: "tap0"},
+		Files:    map[string]snapshot.FileInfo{"mem": {Size: 100}, "vmstate": {Size: 20}},
+		Dir:      "/data/snapshots/x/y",
+	}, nil
+}
+
+func (f *fakeSnapshots) Restore(_ context.Context, req sandbox.RestoreRequest) (sandbox.Sandbox, error) {
+	f.mu.Lock()
+	f.lastRest = req
+	f.mu.Unlock()
+	if req.SnapshotID == "0000000000zz" {
+		return sandbox.Sandbox{}, fmt.Errorf("snapshot %s: %w", req.SnapshotID, errdefs.ErrNotFound)
+	}
+	return sandbox.Sandbox{ID: "1m8hrestored", State: sandbox.StateStarting, RestoredFrom: req.SnapshotID, TTL: req.TTL}, nil
+}
+
+func (f *fakeSnapshots) ListSnapshots(_ context.Context, sandboxID string) ([]snapshot.Meta, error) {
+	return []snapshot.Meta{{ID: "a", SandboxID: sandboxID}, {ID: "b", SandboxID: sandboxID}}, nil
+}
+
+func (f *fakeSnapshots) DeleteSnapshot(_ context.Context, id string) error {
+	if id == "busy" {
+		return fmt.Errorf("snapshot %s is being restored: %w", id, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+func TestSnapshotService(t *testing.T) {
+	h := newHarness(t, events.Options{})
+	ctx := ctxT(t)
+	r, err := h.snaps.Checkpoint(ctx, &sandboxv1.CheckpointRequest{SandboxId: "1m8hsandbox1", Name: "cp", Type: sandboxv1.SnapshotType_SNAPSHOT_TYPE_DIFF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := r.GetSnapshot()
+	if s.GetId() != "1m8hsnapshot" || s.GetType() != sandboxv1.SnapshotType_SNAPSHOT_TYPE_DIFF || s.GetSizeBytes() != 120 ||
+		s.GetPauseDuration().AsDuration() != 12*time.Millisecond || s.GetNetwork().GetMacAddress() == "" ||
+		s.GetHardware().GetMemoryMib() != 1024 || s.GetParentId() != "base" || s.GetSnapshotVersion() != "10.0.0" {
+		t.Fatalf("checkpoint response = %v", s)
+	}
+	if !h.snapMgr.lastCkpt.Diff {
+		t.Fatal("Diff not passed to the manager")
+	}
+	tests := []struct {
+		name string
+		call func() error
+		code codes.Code
+	}{
+		{"checkpoint unknown sandbox", func() error {
+			_, err := h.snaps.Checkpoint(ctx, &sandboxv1.CheckpointRequest{SandboxId: "0000000000zz", Name: "x"})
+			return err
+		}, codes.NotFound},
+		{"checkpoint duplicate name", func() error {
+			_, err := h.snaps.Checkpoint(ctx, &sandboxv1.CheckpointRequest{SandboxId: "1m8hsandbox1", Name: "dup"})
+			return err
+		}, codes.AlreadyExists},
+		{"checkpoint unknown type", func() error {
+			_, err := h.snaps.Checkpoint(ctx, &sandboxv1.CheckpointRequest{SandboxId: "1m8hsandbox1", Name: "x", Type: 7})
+			return err
+		}, codes.InvalidArgument},
+		{"restore unknown snapshot", func() error {
+			_, err := h.snaps.Restore(ctx, &sandboxv1.RestoreRequest{SnapshotId: "0000000000zz"})
+			return err
+		}, codes.NotFound},
+		{"delete while restoring", func() error {
+			_, err := h.snaps.DeleteSnapshot(ctx, &sandboxv1.DeleteSnapshotRequest{SnapshotId: "busy"})
+			return err
+		}, codes.FailedPrecondition},
+	}
+	for _, tt := range tests {
+		if err := tt.call(); status.Code(err) != tt.code {
+			t.Errorf("%s: %v, want %v", tt.name, err, tt.code)
+		}
+	}
+	rr, err := h.snaps.Restore(ctx, &sandboxv1.RestoreRequest{SnapshotId: "1m8hsnapshot", Labels: map[string]string{"k": "v"}, Ttl: durationpb.New(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rr.GetSandbox().GetRestoredFrom() != "1m8hsnapshot" || h.snapMgr.lastRest.TTL != time.Minute || h.snapMgr.lastRest.Labels["k"] != "v" {
+		t.Fatalf("restore = %v, manager saw %+v", rr.GetSandbox(), h.snapMgr.lastRest)
+	}
+	l, err := h.snaps.ListSnapshots(ctx, &sandboxv1.ListSnapshotsRequest{SandboxId: "1m8hsandbox1"})
+	if err != nil || len(l.GetSnapshots()) != 2 || l.GetSnapshots()[0].GetSandboxId() != "1m8hsandbox1" {
+		t.Fatalf("list = %v, %v", l, err)
+	}
+	if _, err := h.snaps.DeleteSnapshot(ctx, &sandboxv1.DeleteSnapshotRequest{SnapshotId: "a"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSnapshotServiceWithoutManager(t *testing.T) {
+	_, err := NewSnapshotService(nil).ListSnapshots(t.Context(), &sandboxv1.ListSnapshotsRequest{})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("without a manager: %v, want FailedPrecondition", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs/errgrpc"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/snapshot"
 )
 
 // Manager is what the server needs of the sandbox manager
@@ -42,7 +43,7 @@ var (
 var knownActions = []string{
 	sandbox.ActionCreated, sandbox.ActionReady, sandbox.ActionFailed, sandbox.ActionStopping,
 	sandbox.ActionStopped, sandbox.ActionExited, sandbox.ActionRemoved, sandbox.ActionExpired,
-	"checkpointed", "restored",
+	sandbox.ActionCheckpointed, sandbox.ActionRestored,
 }
 
 // Service implements sandbox.v1.SandboxService on top of a Manager and an
@@ -202,35 +203,96 @@ func (s *Service) Events(req *sandboxv1.EventsRequest, stream grpc.ServerStreami
 	}
 }
 
-// SnapshotService implements sandbox.v1.SandboxSnapshotService. Every RPC
-// answers UNIMPLEMENTED until checkpoint/restore lands.
+// SnapshotManager is what the snapshot service needs of the sandbox
+// manager (*sandbox.Manager implements it).
+type SnapshotManager interface {
+	Checkpoint(ctx context.Context, req sandbox.CheckpointRequest) (snapshot.Meta, error)
+	Restore(ctx context.Context, req sandbox.RestoreRequest) (sandbox.Sandbox, error)
+	ListSnapshots(ctx context.Context, sandboxID string) ([]snapshot.Meta, error)
+	DeleteSnapshot(ctx context.Context, id string) error
+}
+
+var _ SnapshotManager = (*sandbox.Manager)(nil)
+
+// SnapshotService implements sandbox.v1.SandboxSnapshotService on top of a
+// SnapshotManager. Without one every RPC answers FAILED_PRECONDITION.
 type SnapshotService struct {
 	sandboxv1.UnimplementedSandboxSnapshotServiceServer
+
+	manager SnapshotManager
 }
 
 var _ sandboxv1.SandboxSnapshotServiceServer = (*SnapshotService)(nil)
 
-// errSnapshotsMissing says what the snapshot RPCs lack.
-func errSnapshotsMissing(rpc string) error {
-	return errgrpc.ToGRPC(fmt.Errorf("%s: checkpoint/restore is not implemented yet: %w", rpc, errdefs.ErrNotImplemented))
+// NewSnapshotService returns a SnapshotService; m may be nil.
+func NewSnapshotService(m SnapshotManager) *SnapshotService { return &SnapshotService{manager: m} }
+
+func (s *SnapshotService) check() error {
+	if s.manager == nil {
+		return errgrpc.ToGRPC(fmt.Errorf("snapshots are not available on this daemon: %w", errdefs.ErrFailedPrecondition))
+	}
+	return nil
 }
 
-// Checkpoint answers UNIMPLEMENTED.
-func (SnapshotService) Checkpoint(context.Context, *sandboxv1.CheckpointRequest) (*sandboxv1.CheckpointResponse, error) {
-	return nil, errSnapshotsMissing("Checkpoint")
+// Checkpoint snapshots a running sandbox.
+func (s *SnapshotService) Checkpoint(ctx context.Context, req *sandboxv1.CheckpointRequest) (*sandboxv1.CheckpointResponse, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	var diff bool
+	switch req.GetType() {
+	case sandboxv1.SnapshotType_SNAPSHOT_TYPE_UNSPECIFIED, sandboxv1.SnapshotType_SNAPSHOT_TYPE_FULL:
+	case sandboxv1.SnapshotType_SNAPSHOT_TYPE_DIFF:
+		diff = true
+	default:
+		return nil, errgrpc.ToGRPC(fmt.Errorf("snapshot type %d: unknown: %w", req.GetType(), errdefs.ErrInvalidArgument))
+	}
+	m, err := s.manager.Checkpoint(ctx, sandbox.CheckpointRequest{SandboxID: req.GetSandboxId(), Name: req.GetName(), Diff: diff})
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &sandboxv1.CheckpointResponse{Snapshot: snapshotToProto(m)}, nil
 }
 
-// Restore answers UNIMPLEMENTED.
-func (SnapshotService) Restore(context.Context, *sandboxv1.RestoreRequest) (*sandboxv1.RestoreResponse, error) {
-	return nil, errSnapshotsMissing("Restore")
+// Restore creates a new sandbox from a snapshot.
+func (s *SnapshotService) Restore(ctx context.Context, req *sandboxv1.RestoreRequest) (*sandboxv1.RestoreResponse, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	ttl, err := durationFromProto("ttl", req.GetTtl())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	sb, err := s.manager.Restore(ctx, sandbox.RestoreRequest{SnapshotID: req.GetSnapshotId(), Labels: req.GetLabels(), TTL: ttl})
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &sandboxv1.RestoreResponse{Sandbox: sandboxToProto(sb)}, nil
 }
 
-// ListSnapshots answers UNIMPLEMENTED.
-func (SnapshotService) ListSnapshots(context.Context, *sandboxv1.ListSnapshotsRequest) (*sandboxv1.ListSnapshotsResponse, error) {
-	return nil, errSnapshotsMissing("ListSnapshots")
+// ListSnapshots lists snapshots, all or of one sandbox.
+func (s *SnapshotService) ListSnapshots(ctx context.Context, req *sandboxv1.ListSnapshotsRequest) (*sandboxv1.ListSnapshotsResponse, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	metas, err := s.manager.ListSnapshots(ctx, req.GetSandboxId())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	out := make([]*sandboxv1.Snapshot, 0, len(metas))
+	for _, m := range metas {
+		out = append(out, snapshotToProto(m))
+	}
+	return &sandboxv1.ListSnapshotsResponse{Snapshots: out}, nil
 }
 
-// DeleteSnapshot answers UNIMPLEMENTED.
-func (SnapshotService) DeleteSnapshot(context.Context, *sandboxv1.DeleteSnapshotRequest) (*sandboxv1.DeleteSnapshotResponse, error) {
-	return nil, errSnapshotsMissing("DeleteSnapshot")
+// DeleteSnapshot removes a snapshot.
+func (s *SnapshotService) DeleteSnapshot(ctx context.Context, req *sandboxv1.DeleteSnapshotRequest) (*sandboxv1.DeleteSnapshotResponse, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	if err := s.manager.DeleteSnapshot(ctx, req.GetSnapshotId()); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &sandboxv1.DeleteSnapshotResponse{}, nil
 }

@@ -414,3 +414,82 @@ func TestEmulatorAttach(t *testing.T) {
 		}
 	})
 }
+
+// TestEmulatorRelativePathsRestoreInAnotherDir boots a VM whose drive and
+// vsock socket are relative to its directory, snapshots it and loads the
+// snapshot in a second directory that holds its own copy of the drive: the
+// two VMMs run at once, each with the disk and the vsock socket of its own
+// directory, and each removes its sockets when it ends.
+func TestEmulatorRelativePathsRestoreInAnotherDir(t *testing.T) {
+	l, _ := emulator(t)
+	ctx := testCtx(t, 30*time.Second)
+	dir1, dir2 := testutil.ShortDir(t), testutil.ShortDir(t)
+	touch(t, filepath.Join(dir1, "vmlinux"), 4096)
+	touch(t, filepath.Join(dir1, "rootfs.ext4"), 1<<16)
+	touch(t, filepath.Join(dir2, "rootfs.ext4"), 1<<16)
+	vm, err := Start(ctx, l, VMSpec{
+		ID: "rel-1", Dir: dir1, VCPUs: 1, MemoryMiB: 128, Kernel: filepath.Join(dir1, "vmlinux"),
+		Drives: []DriveSpec{{ID: "rootfs", Path: "rootfs.ext4", Root: true}},
+		Vsock:  &VsockSpec{CID: 3, UDSPath: "vsock.sock"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.VsockPath != filepath.Join(dir1, "vsock.sock") {
+		t.Errorf("vsock path %q, want it in %s", vm.VsockPath, dir1)
+	}
+	if err := vm.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap := firecracker.SnapshotCreateParams{SnapshotPath: filepath.Join(dir2, "vmstate"), MemFilePath: filepath.Join(dir2, "mem")}
+	if err := vm.CreateSnapshot(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restored, err := Restore(ctx, l, RestoreSpec{
+		ID: "rel-2", Dir: dir2, SnapshotPath: snap.SnapshotPath, MemFilePath: snap.MemFilePath,
+		ResumeVM: true, VsockPath: "vsock.sock",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertState(t, vm, firecracker.StateRunning)
+	assertState(t, restored, firecracker.StateRunning)
+	if restored.VsockPath != filepath.Join(dir2, "vsock.sock") {
+		t.Errorf("restored vsock path %q, want it in %s", restored.VsockPath, dir2)
+	}
+	for _, p := range []string{vm.VsockPath, restored.VsockPath} {
+		if fi, err := os.Lstat(p); err != nil || fi.Mode()&os.ModeSocket == 0 {
+			t.Errorf("vsock socket %s: %v", p, err)
+		}
+	}
+	// Each VMM holds the drive of its own directory.
+	for _, c := range []struct {
+		vm   *VM
+		want string
+	}{{vm, filepath.Join(dir1, "rootfs.ext4")}, {restored, filepath.Join(dir2, "rootfs.ext4")}} {
+		fdDir := filepath.Join("/proc", strconv.Itoa(c.vm.Process.Pid()), "fd")
+		entries, err := os.ReadDir(fdDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, en := range entries {
+			if target, _ := os.Readlink(filepath.Join(fdDir, en.Name())); target == c.want {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s does not hold %s open", c.vm.ID, c.want)
+		}
+	}
+	if _, err := restored.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.Shutdown(testCtx(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, vm.SocketPath, vm.VsockPath, restored.SocketPath, restored.VsockPath)
+}

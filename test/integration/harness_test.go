@@ -66,9 +66,16 @@ type options struct {
 // left.
 func startDaemon(t *testing.T, o options) *daemon {
 	t.Helper()
+	return startDaemonAt(t, testutil.ShortDir(t), o)
+}
+
+// startDaemonAt is startDaemon in a given directory; a kernel and rootfs
+// already under dir/data are kept.
+func startDaemonAt(t *testing.T, dir string, o options) *daemon {
+	t.Helper()
 	emu := testutil.Emulator(t)
 	testutil.NoProcessesLeft(t, emu)
-	d := &daemon{t: t, dir: testutil.ShortDir(t)}
+	d := &daemon{t: t, dir: dir}
 	d.data = filepath.Join(d.dir, "data")
 	d.sock = filepath.Join(d.dir, "vmm.sock")
 	d.config = filepath.Join(d.dir, "config.toml")
@@ -77,8 +84,12 @@ func startDaemon(t *testing.T, o options) *daemon {
 			t.Fatal(err)
 		}
 	}
-	writeFile(t, filepath.Join(d.data, "kernels", "vmlinux"), "kernel\n", 0)
-	writeFile(t, filepath.Join(d.data, "images", "rootfs.ext4"), "rootfs\n", 64<<20)
+	if _, err := os.Stat(filepath.Join(d.data, "kernels", "vmlinux")); err != nil {
+		writeFile(t, filepath.Join(d.data, "kernels", "vmlinux"), "kernel\n", 0)
+	}
+	if _, err := os.Stat(filepath.Join(d.data, "images", "rootfs.ext4")); err != nil {
+		writeFile(t, filepath.Join(d.data, "images", "rootfs.ext4"), "rootfs\n", 64<<20)
+	}
 
 	binary := emu
 	if len(o.emuEnv) > 0 {

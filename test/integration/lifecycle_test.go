@@ -364,7 +364,7 @@ func TestSecondDaemonOnSameSocketRefused(t *testing.T) {
 	}
 }
 
-func TestHealthAndUnimplemented(t *testing.T) {
+func TestHealthUnimplementedAndPlainErrors(t *testing.T) {
 	d := startDaemon(t, options{})
 	h, err := healthpb.NewHealthClient(d.conn).Check(t.Context(), &healthpb.HealthCheckRequest{})
 	if err != nil || h.GetStatus() != healthpb.HealthCheckResponse_SERVING {
@@ -377,12 +377,9 @@ func TestHealthAndUnimplemented(t *testing.T) {
 	if status.Code(err) != codes.Unimplemented || !strings.Contains(status.Convert(err).Message(), "agent") {
 		t.Fatalf("Run: %v, want Unimplemented naming the guest agent", err)
 	}
-	if _, err := d.snap.Checkpoint(t.Context(), &sandboxv1.CheckpointRequest{SandboxId: "01jabcdefghj", Name: "x"}); status.Code(err) != codes.Unimplemented {
-		t.Fatalf("Checkpoint: %v, want Unimplemented", err)
-	}
-	_, errOut, code := d.vmm("snapshot", "list")
-	if code == 0 || strings.Contains(errOut, "rpc error") || !strings.HasPrefix(errOut, "vmm: ") {
-		t.Fatalf("snapshot list: exit %d, stderr %q: want a plain sentence", code, errOut)
+	_, errOut, code := d.vmm("snapshot", "restore", "0000000000zz")
+	if code == 0 || strings.Contains(errOut, "rpc error") || !strings.HasPrefix(errOut, "vmm: ") || !strings.Contains(errOut, "not found") {
+		t.Fatalf("snapshot restore of an unknown snapshot: exit %d, stderr %q: want a plain sentence", code, errOut)
 	}
 }
 

@@ -166,9 +166,13 @@ type Sandbox struct {
 	// Why the sandbox is FAILED (or why its VMM exited).
 	FailureReason string `protobuf:"bytes,12,opt,name=failure_reason,json=failureReason,proto3" json:"failure_reason,omitempty"`
 	// Set when the sandbox was restored from a snapshot.
-	RestoredFrom  string `protobuf:"bytes,13,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RestoredFrom string `protobuf:"bytes,13,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
+	// How long the last checkpoint kept the sandbox paused.
+	LastPause *durationpb.Duration `protobuf:"bytes,14,opt,name=last_pause,json=lastPause,proto3" json:"last_pause,omitempty"`
+	// The last snapshot taken of this sandbox (the base of a Diff checkpoint).
+	LastSnapshotId string `protobuf:"bytes,15,opt,name=last_snapshot_id,json=lastSnapshotId,proto3" json:"last_snapshot_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Sandbox) Reset() {
@@ -288,6 +292,20 @@ func (x *Sandbox) GetFailureReason() string {
 func (x *Sandbox) GetRestoredFrom() string {
 	if x != nil {
 		return x.RestoredFrom
+	}
+	return ""
+}
+
+func (x *Sandbox) GetLastPause() *durationpb.Duration {
+	if x != nil {
+		return x.LastPause
+	}
+	return nil
+}
+
+func (x *Sandbox) GetLastSnapshotId() string {
+	if x != nil {
+		return x.LastSnapshotId
 	}
 	return ""
 }
@@ -501,10 +519,12 @@ type ProcessInfo struct {
 	// Whether the VMM runs under the jailer.
 	Jailed bool `protobuf:"varint,6,opt,name=jailed,proto3" json:"jailed,omitempty"`
 	// Jail details when jailed.
-	Chroot        string `protobuf:"bytes,7,opt,name=chroot,proto3" json:"chroot,omitempty"`
-	Uid           uint32 `protobuf:"varint,8,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           uint32 `protobuf:"varint,9,opt,name=gid,proto3" json:"gid,omitempty"`
-	Cgroup        string `protobuf:"bytes,10,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	Chroot string `protobuf:"bytes,7,opt,name=chroot,proto3" json:"chroot,omitempty"`
+	Uid    uint32 `protobuf:"varint,8,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid    uint32 `protobuf:"varint,9,opt,name=gid,proto3" json:"gid,omitempty"`
+	Cgroup string `protobuf:"bytes,10,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	// Host path of the vsock device's unix socket.
+	VsockSocket   string `protobuf:"bytes,11,opt,name=vsock_socket,json=vsockSocket,proto3" json:"vsock_socket,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -605,6 +625,13 @@ func (x *ProcessInfo) GetGid() uint32 {
 func (x *ProcessInfo) GetCgroup() string {
 	if x != nil {
 		return x.Cgroup
+	}
+	return ""
+}
+
+func (x *ProcessInfo) GetVsockSocket() string {
+	if x != nil {
+		return x.VsockSocket
 	}
 	return ""
 }
@@ -1830,9 +1857,13 @@ type Snapshot struct {
 	// How long the sandbox was paused to take it.
 	PauseDuration *durationpb.Duration `protobuf:"bytes,10,opt,name=pause_duration,json=pauseDuration,proto3" json:"pause_duration,omitempty"`
 	// Host directory holding the snapshot.
-	Path          string `protobuf:"bytes,11,opt,name=path,proto3" json:"path,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Path string `protobuf:"bytes,11,opt,name=path,proto3" json:"path,omitempty"`
+	// For a Diff checkpoint: the snapshot whose memory it was merged onto.
+	ParentId string `protobuf:"bytes,12,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	// Firecracker's snapshot data format version (e.g. 10.0.0).
+	SnapshotVersion string `protobuf:"bytes,13,opt,name=snapshot_version,json=snapshotVersion,proto3" json:"snapshot_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -1938,6 +1969,20 @@ func (x *Snapshot) GetPauseDuration() *durationpb.Duration {
 func (x *Snapshot) GetPath() string {
 	if x != nil {
 		return x.Path
+	}
+	return ""
+}
+
+func (x *Snapshot) GetParentId() string {
+	if x != nil {
+		return x.ParentId
+	}
+	return ""
+}
+
+func (x *Snapshot) GetSnapshotVersion() string {
+	if x != nil {
+		return x.SnapshotVersion
 	}
 	return ""
 }
@@ -2326,7 +2371,7 @@ var File_sandbox_v1_sandbox_proto protoreflect.FileDescriptor
 const file_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\n" +
 	"\x18sandbox/v1/sandbox.proto\x12\n" +
-	"sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x05\n" +
+	"sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x06\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x127\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1f.sandbox.v1.Sandbox.LabelsEntryR\x06labels\x12.\n" +
@@ -2344,7 +2389,10 @@ const file_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12%\n" +
 	"\x0efailure_reason\x18\f \x01(\tR\rfailureReason\x12#\n" +
-	"\rrestored_from\x18\r \x01(\tR\frestoredFrom\x1a9\n" +
+	"\rrestored_from\x18\r \x01(\tR\frestoredFrom\x128\n" +
+	"\n" +
+	"last_pause\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\tlastPause\x12(\n" +
+	"\x10last_snapshot_id\x18\x0f \x01(\tR\x0elastSnapshotId\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb8\x01\n" +
@@ -2367,7 +2415,7 @@ const file_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\agateway\x18\x04 \x01(\tR\agateway\x12\x10\n" +
 	"\x03dns\x18\x05 \x03(\tR\x03dns\x12\x14\n" +
 	"\x05netns\x18\x06 \x01(\tR\x05netns\x12(\n" +
-	"\x10guest_ip_address\x18\a \x01(\tR\x0eguestIpAddress\"\x8b\x02\n" +
+	"\x10guest_ip_address\x18\a \x01(\tR\x0eguestIpAddress\"\xae\x02\n" +
 	"\vProcessInfo\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x1d\n" +
 	"\n" +
@@ -2380,7 +2428,8 @@ const file_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x03uid\x18\b \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\t \x01(\rR\x03gid\x12\x16\n" +
 	"\x06cgroup\x18\n" +
-	" \x01(\tR\x06cgroup\"\xfc\x02\n" +
+	" \x01(\tR\x06cgroup\x12!\n" +
+	"\fvsock_socket\x18\v \x01(\tR\vvsockSocket\"\xfc\x02\n" +
 	"\rCreateRequest\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\rR\x05vcpus\x12\x1d\n" +
 	"\n" +
@@ -2472,7 +2521,7 @@ const file_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"attributes\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc1\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x89\x04\n" +
 	"\bSnapshot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1d\n" +
@@ -2488,7 +2537,9 @@ const file_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"size_bytes\x18\t \x01(\x04R\tsizeBytes\x12@\n" +
 	"\x0epause_duration\x18\n" +
 	" \x01(\v2\x19.google.protobuf.DurationR\rpauseDuration\x12\x12\n" +
-	"\x04path\x18\v \x01(\tR\x04path\"t\n" +
+	"\x04path\x18\v \x01(\tR\x04path\x12\x1b\n" +
+	"\tparent_id\x18\f \x01(\tR\bparentId\x12)\n" +
+	"\x10snapshot_version\x18\r \x01(\tR\x0fsnapshotVersion\"t\n" +
 	"\x11CheckpointRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
@@ -2612,65 +2663,66 @@ var file_sandbox_v1_sandbox_proto_depIdxs = []int32{
 	40, // 7: sandbox.v1.Sandbox.stopped_at:type_name -> google.protobuf.Timestamp
 	41, // 8: sandbox.v1.Sandbox.ttl:type_name -> google.protobuf.Duration
 	40, // 9: sandbox.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
-	35, // 10: sandbox.v1.CreateRequest.labels:type_name -> sandbox.v1.CreateRequest.LabelsEntry
-	41, // 11: sandbox.v1.CreateRequest.ttl:type_name -> google.protobuf.Duration
-	2,  // 12: sandbox.v1.CreateResponse.sandbox:type_name -> sandbox.v1.Sandbox
-	36, // 13: sandbox.v1.ProcessSpec.env:type_name -> sandbox.v1.ProcessSpec.EnvEntry
-	8,  // 14: sandbox.v1.RunRequest.process:type_name -> sandbox.v1.ProcessSpec
-	41, // 15: sandbox.v1.RunRequest.timeout:type_name -> google.protobuf.Duration
-	11, // 16: sandbox.v1.ProcessOutput.exit:type_name -> sandbox.v1.ExitStatus
-	13, // 17: sandbox.v1.ExecRequest.start:type_name -> sandbox.v1.ExecStart
-	14, // 18: sandbox.v1.ExecRequest.resize:type_name -> sandbox.v1.TerminalSize
-	8,  // 19: sandbox.v1.ExecStart.process:type_name -> sandbox.v1.ProcessSpec
-	41, // 20: sandbox.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 21: sandbox.v1.StopResponse.sandbox:type_name -> sandbox.v1.Sandbox
-	2,  // 22: sandbox.v1.InspectResponse.sandbox:type_name -> sandbox.v1.Sandbox
-	0,  // 23: sandbox.v1.ListRequest.states:type_name -> sandbox.v1.SandboxState
-	37, // 24: sandbox.v1.ListRequest.labels:type_name -> sandbox.v1.ListRequest.LabelsEntry
-	2,  // 25: sandbox.v1.ListResponse.sandboxes:type_name -> sandbox.v1.Sandbox
-	0,  // 26: sandbox.v1.Event.state:type_name -> sandbox.v1.SandboxState
-	40, // 27: sandbox.v1.Event.time:type_name -> google.protobuf.Timestamp
-	38, // 28: sandbox.v1.Event.attributes:type_name -> sandbox.v1.Event.AttributesEntry
-	40, // 29: sandbox.v1.Snapshot.created_at:type_name -> google.protobuf.Timestamp
-	1,  // 30: sandbox.v1.Snapshot.type:type_name -> sandbox.v1.SnapshotType
-	3,  // 31: sandbox.v1.Snapshot.hardware:type_name -> sandbox.v1.Hardware
-	4,  // 32: sandbox.v1.Snapshot.network:type_name -> sandbox.v1.NetworkInfo
-	41, // 33: sandbox.v1.Snapshot.pause_duration:type_name -> google.protobuf.Duration
-	1,  // 34: sandbox.v1.CheckpointRequest.type:type_name -> sandbox.v1.SnapshotType
-	25, // 35: sandbox.v1.CheckpointResponse.snapshot:type_name -> sandbox.v1.Snapshot
-	39, // 36: sandbox.v1.RestoreRequest.labels:type_name -> sandbox.v1.RestoreRequest.LabelsEntry
-	41, // 37: sandbox.v1.RestoreRequest.ttl:type_name -> google.protobuf.Duration
-	2,  // 38: sandbox.v1.RestoreResponse.sandbox:type_name -> sandbox.v1.Sandbox
-	25, // 39: sandbox.v1.ListSnapshotsResponse.snapshots:type_name -> sandbox.v1.Snapshot
-	6,  // 40: sandbox.v1.SandboxService.Create:input_type -> sandbox.v1.CreateRequest
-	9,  // 41: sandbox.v1.SandboxService.Run:input_type -> sandbox.v1.RunRequest
-	12, // 42: sandbox.v1.SandboxService.Exec:input_type -> sandbox.v1.ExecRequest
-	15, // 43: sandbox.v1.SandboxService.Stop:input_type -> sandbox.v1.StopRequest
-	17, // 44: sandbox.v1.SandboxService.Remove:input_type -> sandbox.v1.RemoveRequest
-	19, // 45: sandbox.v1.SandboxService.Inspect:input_type -> sandbox.v1.InspectRequest
-	21, // 46: sandbox.v1.SandboxService.List:input_type -> sandbox.v1.ListRequest
-	23, // 47: sandbox.v1.SandboxService.Events:input_type -> sandbox.v1.EventsRequest
-	26, // 48: sandbox.v1.SandboxSnapshotService.Checkpoint:input_type -> sandbox.v1.CheckpointRequest
-	28, // 49: sandbox.v1.SandboxSnapshotService.Restore:input_type -> sandbox.v1.RestoreRequest
-	30, // 50: sandbox.v1.SandboxSnapshotService.ListSnapshots:input_type -> sandbox.v1.ListSnapshotsRequest
-	32, // 51: sandbox.v1.SandboxSnapshotService.DeleteSnapshot:input_type -> sandbox.v1.DeleteSnapshotRequest
-	7,  // 52: sandbox.v1.SandboxService.Create:output_type -> sandbox.v1.CreateResponse
-	10, // 53: sandbox.v1.SandboxService.Run:output_type -> sandbox.v1.ProcessOutput
-	10, // 54: sandbox.v1.SandboxService.Exec:output_type -> sandbox.v1.ProcessOutput
-	16, // 55: sandbox.v1.SandboxService.Stop:output_type -> sandbox.v1.StopResponse
-	18, // 56: sandbox.v1.SandboxService.Remove:output_type -> sandbox.v1.RemoveResponse
-	20, // 57: sandbox.v1.SandboxService.Inspect:output_type -> sandbox.v1.InspectResponse
-	22, // 58: sandbox.v1.SandboxService.List:output_type -> sandbox.v1.ListResponse
-	24, // 59: sandbox.v1.SandboxService.Events:output_type -> sandbox.v1.Event
-	27, // 60: sandbox.v1.SandboxSnapshotService.Checkpoint:output_type -> sandbox.v1.CheckpointResponse
-	29, // 61: sandbox.v1.SandboxSnapshotService.Restore:output_type -> sandbox.v1.RestoreResponse
-	31, // 62: sandbox.v1.SandboxSnapshotService.ListSnapshots:output_type -> sandbox.v1.ListSnapshotsResponse
-	33, // 63: sandbox.v1.SandboxSnapshotService.DeleteSnapshot:output_type -> sandbox.v1.DeleteSnapshotResponse
-	52, // [52:64] is the sub-list for method output_type
-	40, // [40:52] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	41, // 10: sandbox.v1.Sandbox.last_pause:type_name -> google.protobuf.Duration
+	35, // 11: sandbox.v1.CreateRequest.labels:type_name -> sandbox.v1.CreateRequest.LabelsEntry
+	41, // 12: sandbox.v1.CreateRequest.ttl:type_name -> google.protobuf.Duration
+	2,  // 13: sandbox.v1.CreateResponse.sandbox:type_name -> sandbox.v1.Sandbox
+	36, // 14: sandbox.v1.ProcessSpec.env:type_name -> sandbox.v1.ProcessSpec.EnvEntry
+	8,  // 15: sandbox.v1.RunRequest.process:type_name -> sandbox.v1.ProcessSpec
+	41, // 16: sandbox.v1.RunRequest.timeout:type_name -> google.protobuf.Duration
+	11, // 17: sandbox.v1.ProcessOutput.exit:type_name -> sandbox.v1.ExitStatus
+	13, // 18: sandbox.v1.ExecRequest.start:type_name -> sandbox.v1.ExecStart
+	14, // 19: sandbox.v1.ExecRequest.resize:type_name -> sandbox.v1.TerminalSize
+	8,  // 20: sandbox.v1.ExecStart.process:type_name -> sandbox.v1.ProcessSpec
+	41, // 21: sandbox.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
+	2,  // 22: sandbox.v1.StopResponse.sandbox:type_name -> sandbox.v1.Sandbox
+	2,  // 23: sandbox.v1.InspectResponse.sandbox:type_name -> sandbox.v1.Sandbox
+	0,  // 24: sandbox.v1.ListRequest.states:type_name -> sandbox.v1.SandboxState
+	37, // 25: sandbox.v1.ListRequest.labels:type_name -> sandbox.v1.ListRequest.LabelsEntry
+	2,  // 26: sandbox.v1.ListResponse.sandboxes:type_name -> sandbox.v1.Sandbox
+	0,  // 27: sandbox.v1.Event.state:type_name -> sandbox.v1.SandboxState
+	40, // 28: sandbox.v1.Event.time:type_name -> google.protobuf.Timestamp
+	38, // 29: sandbox.v1.Event.attributes:type_name -> sandbox.v1.Event.AttributesEntry
+	40, // 30: sandbox.v1.Snapshot.created_at:type_name -> google.protobuf.Timestamp
+	1,  // 31: sandbox.v1.Snapshot.type:type_name -> sandbox.v1.SnapshotType
+	3,  // 32: sandbox.v1.Snapshot.hardware:type_name -> sandbox.v1.Hardware
+	4,  // 33: sandbox.v1.Snapshot.network:type_name -> sandbox.v1.NetworkInfo
+	41, // 34: sandbox.v1.Snapshot.pause_duration:type_name -> google.protobuf.Duration
+	1,  // 35: sandbox.v1.CheckpointRequest.type:type_name -> sandbox.v1.SnapshotType
+	25, // 36: sandbox.v1.CheckpointResponse.snapshot:type_name -> sandbox.v1.Snapshot
+	39, // 37: sandbox.v1.RestoreRequest.labels:type_name -> sandbox.v1.RestoreRequest.LabelsEntry
+	41, // 38: sandbox.v1.RestoreRequest.ttl:type_name -> google.protobuf.Duration
+	2,  // 39: sandbox.v1.RestoreResponse.sandbox:type_name -> sandbox.v1.Sandbox
+	25, // 40: sandbox.v1.ListSnapshotsResponse.snapshots:type_name -> sandbox.v1.Snapshot
+	6,  // 41: sandbox.v1.SandboxService.Create:input_type -> sandbox.v1.CreateRequest
+	9,  // 42: sandbox.v1.SandboxService.Run:input_type -> sandbox.v1.RunRequest
+	12, // 43: sandbox.v1.SandboxService.Exec:input_type -> sandbox.v1.ExecRequest
+	15, // 44: sandbox.v1.SandboxService.Stop:input_type -> sandbox.v1.StopRequest
+	17, // 45: sandbox.v1.SandboxService.Remove:input_type -> sandbox.v1.RemoveRequest
+	19, // 46: sandbox.v1.SandboxService.Inspect:input_type -> sandbox.v1.InspectRequest
+	21, // 47: sandbox.v1.SandboxService.List:input_type -> sandbox.v1.ListRequest
+	23, // 48: sandbox.v1.SandboxService.Events:input_type -> sandbox.v1.EventsRequest
+	26, // 49: sandbox.v1.SandboxSnapshotService.Checkpoint:input_type -> sandbox.v1.CheckpointRequest
+	28, // 50: sandbox.v1.SandboxSnapshotService.Restore:input_type -> sandbox.v1.RestoreRequest
+	30, // 51: sandbox.v1.SandboxSnapshotService.ListSnapshots:input_type -> sandbox.v1.ListSnapshotsRequest
+	32, // 52: sandbox.v1.SandboxSnapshotService.DeleteSnapshot:input_type -> sandbox.v1.DeleteSnapshotRequest
+	7,  // 53: sandbox.v1.SandboxService.Create:output_type -> sandbox.v1.CreateResponse
+	10, // 54: sandbox.v1.SandboxService.Run:output_type -> sandbox.v1.ProcessOutput
+	10, // 55: sandbox.v1.SandboxService.Exec:output_type -> sandbox.v1.ProcessOutput
+	16, // 56: sandbox.v1.SandboxService.Stop:output_type -> sandbox.v1.StopResponse
+	18, // 57: sandbox.v1.SandboxService.Remove:output_type -> sandbox.v1.RemoveResponse
+	20, // 58: sandbox.v1.SandboxService.Inspect:output_type -> sandbox.v1.InspectResponse
+	22, // 59: sandbox.v1.SandboxService.List:output_type -> sandbox.v1.ListResponse
+	24, // 60: sandbox.v1.SandboxService.Events:output_type -> sandbox.v1.Event
+	27, // 61: sandbox.v1.SandboxSnapshotService.Checkpoint:output_type -> sandbox.v1.CheckpointResponse
+	29, // 62: sandbox.v1.SandboxSnapshotService.Restore:output_type -> sandbox.v1.RestoreResponse
+	31, // 63: sandbox.v1.SandboxSnapshotService.ListSnapshots:output_type -> sandbox.v1.ListSnapshotsResponse
+	33, // 64: sandbox.v1.SandboxSnapshotService.DeleteSnapshot:output_type -> sandbox.v1.DeleteSnapshotResponse
+	53, // [53:65] is the sub-list for method output_type
+	41, // [41:53] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_sandbox_v1_sandbox_proto_init() }

@@ -1,4 +1,8 @@
-package sandbox
+// Package ids makes the daemon's object ids (sandboxes, snapshots): 12
+// lower-case Crockford base32 characters, unique and sortable by creation
+// time, valid as Firecracker and jailer instance ids and short enough for
+// interface names. It imports the standard library only.
+package ids
 
 import (
 	"math/rand/v2"
@@ -7,14 +11,14 @@ import (
 	"time"
 )
 
-// Sandbox ids are 12 characters of lower-case Crockford base32 (digits and
+// Ids are 12 characters of lower-case Crockford base32 (digits and
 // letters without i, l, o, u) encoding 60 bits, most significant first:
 // 45 bits of unix milliseconds and a 15-bit sequence. The alphabet is in
 // ASCII order, so ids sort like the numbers they encode: by creation time,
 // then by sequence. They satisfy Firecracker's and the jailer's --id rules.
 const (
-	// IDLength is the length of a sandbox id.
-	IDLength = 12
+	// Length is the length of an id.
+	Length = 12
 	// idAlphabet is Crockford's base32 alphabet in lower case.
 	idAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
 	timeBits   = 45
@@ -23,11 +27,11 @@ const (
 	maxMillis  = 1<<timeBits - 1
 )
 
-// idGenerator makes unique, strictly increasing ids. Within one
+// Generator makes unique, strictly increasing ids. Within one
 // millisecond the sequence counts up from a random start below 2^14; when
 // it overflows the generator borrows the next millisecond, so ids stay
 // strictly increasing even if the clock stands still or goes back.
-type idGenerator struct {
+type Generator struct {
 	now func() time.Time
 	rnd func() uint64 // returns a value in [0, 2^14)
 
@@ -37,17 +41,17 @@ type idGenerator struct {
 	seq    uint64
 }
 
-// newIDGenerator returns a generator reading the clock now (time.Now when
+// NewGenerator returns a generator reading the clock now (time.Now when
 // nil).
-func newIDGenerator(now func() time.Time) *idGenerator {
+func NewGenerator(now func() time.Time) *Generator {
 	if now == nil {
 		now = time.Now
 	}
-	return &idGenerator{now: now, rnd: func() uint64 { return rand.Uint64N(1 << (seqBits - 1)) }}
+	return &Generator{now: now, rnd: func() uint64 { return rand.Uint64N(1 << (seqBits - 1)) }}
 }
 
 // New returns the next id.
-func (g *idGenerator) New() string {
+func (g *Generator) New() string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	ms := uint64(max(g.now().UnixMilli(), 0)) & maxMillis
@@ -64,17 +68,17 @@ func (g *idGenerator) New() string {
 
 // encodeID formats the 60-bit value v as an id.
 func encodeID(v uint64) string {
-	var b [IDLength]byte
-	for i := IDLength - 1; i >= 0; i-- {
+	var b [Length]byte
+	for i := Length - 1; i >= 0; i-- {
 		b[i] = idAlphabet[v&31]
 		v >>= 5
 	}
 	return string(b[:])
 }
 
-// ValidID reports whether id has the form of a sandbox id.
-func ValidID(id string) bool {
-	if len(id) != IDLength {
+// Valid reports whether id has the form of an id.
+func Valid(id string) bool {
+	if len(id) != Length {
 		return false
 	}
 	for i := range len(id) {
@@ -88,10 +92,10 @@ func ValidID(id string) bool {
 // idIndex returns c's value in the alphabet, or -1.
 func idIndex(c byte) int { return strings.IndexByte(idAlphabet, c) }
 
-// IDTime returns the creation time encoded in a valid id (millisecond
+// Time returns the creation time encoded in a valid id (millisecond
 // precision).
-func IDTime(id string) (time.Time, bool) {
-	if !ValidID(id) {
+func Time(id string) (time.Time, bool) {
+	if !Valid(id) {
 		return time.Time{}, false
 	}
 	var v uint64

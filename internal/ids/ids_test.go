@@ -1,4 +1,4 @@
-package sandbox
+package ids
 
 import (
 	"slices"
@@ -56,8 +56,8 @@ func TestValidID(t *testing.T) {
 		{"01hzy3k5m7qé", false},
 	}
 	for _, tt := range tests {
-		if got := ValidID(tt.id); got != tt.want {
-			t.Errorf("ValidID(%q) = %v, want %v", tt.id, got, tt.want)
+		if got := Valid(tt.id); got != tt.want {
+			t.Errorf("Valid(%q) = %v, want %v", tt.id, got, tt.want)
 		}
 	}
 }
@@ -78,7 +78,7 @@ func TestIDGenerator(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			i := 0
-			g := newIDGenerator(func() time.Time {
+			g := NewGenerator(func() time.Time {
 				c := tt.clock[min(i, len(tt.clock)-1)]
 				i++
 				return c
@@ -87,7 +87,7 @@ func TestIDGenerator(t *testing.T) {
 			ids := make([]string, tt.n)
 			for k := range ids {
 				ids[k] = g.New()
-				if !ValidID(ids[k]) {
+				if !Valid(ids[k]) {
 					t.Fatalf("invalid id %q", ids[k])
 				}
 			}
@@ -97,11 +97,11 @@ func TestIDGenerator(t *testing.T) {
 				}
 			}
 			// The encoded time is the clock's (or later when borrowed).
-			first, _ := IDTime(ids[0])
+			first, _ := Time(ids[0])
 			if !first.Equal(tt.clock[0].Truncate(time.Millisecond)) {
-				t.Errorf("IDTime(%s) = %v, want %v", ids[0], first, tt.clock[0])
+				t.Errorf("Time(%s) = %v, want %v", ids[0], first, tt.clock[0])
 			}
-			last, _ := IDTime(ids[len(ids)-1])
+			last, _ := Time(ids[len(ids)-1])
 			if last.Before(first) {
 				t.Errorf("time went back: %v then %v", first, last)
 			}
@@ -110,7 +110,7 @@ func TestIDGenerator(t *testing.T) {
 }
 
 func TestIDGeneratorRealClock(t *testing.T) {
-	g := newIDGenerator(nil)
+	g := NewGenerator(nil)
 	var prev string
 	for range 5000 {
 		id := g.New()
@@ -119,11 +119,11 @@ func TestIDGeneratorRealClock(t *testing.T) {
 		}
 		prev = id
 	}
-	tm, ok := IDTime(prev)
+	tm, ok := Time(prev)
 	if !ok || time.Since(tm) > time.Minute || time.Until(tm) > time.Minute {
-		t.Fatalf("IDTime(%s) = %v, %v", prev, tm, ok)
+		t.Fatalf("Time(%s) = %v, %v", prev, tm, ok)
 	}
-	if _, ok := IDTime("bad"); ok {
-		t.Fatal("IDTime accepted a bad id")
+	if _, ok := Time("bad"); ok {
+		t.Fatal("Time accepted a bad id")
 	}
 }

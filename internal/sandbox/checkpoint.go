@@ -1,0 +1,577 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/firecracker"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/ids"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/snapshot"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
+)
+
+// CheckpointRequest asks for a snapshot of a running sandbox.
+type CheckpointRequest struct {
+	SandboxID string
+	// Name is unique per sandbox ([A-Za-z0-9._-], 1..64).
+	Name string
+	// Diff asks for a differential memory snapshot (needs dirty-page
+	// tracking and an earlier snapshot of the sandbox as base).
+	Diff bool
+}
+
+// RestoreRequest asks for a new sandbox from a snapshot.
+type RestoreRequest struct {
+	SnapshotID string
+	Labels     map[string]string
+	TTL        time.Duration
+}
+
+// SnapshotCatalog is what the manager needs of the snapshot catalog. It is
+// implemented by *snapshot.Catalog.
+type SnapshotCatalog interface {
+	// Begin validates and reserves name for sandboxID and creates the
+	// temporary directory the snapshot is written into.
+	Begin(sandboxID, name string) (*snapshot.Pending, error)
+	// Commit checksums the pending files, writes meta.json and renames the
+	// snapshot into place; on failure nothing remains.
+	Commit(p *snapshot.Pending, m snapshot.Meta) (snapshot.Meta, error)
+	// Abort removes a pending snapshot and releases its name.
+	Abort(p *snapshot.Pending)
+	// Acquire pins a snapshot for reading; release exactly once.
+	Acquire(id string) (m snapshot.Meta, release func(), err error)
+	// List returns the snapshots, all or of one sandbox.
+	List(sandboxID string) []snapshot.Meta
+	// Delete removes a snapshot, waiting for pins until ctx ends.
+	Delete(ctx context.Context, id string) error
+}
+
+var _ SnapshotCatalog = (*snapshot.Catalog)(nil)
+
+// Checkpoint timing.
+const (
+	// resumeTimeout bounds each attempt to resume a paused sandbox; the
+	// resume runs even when the caller's context has ended.
+	resumeTimeout = 10 * time.Second
+	// resumeRetryDelay separates the two resume attempts.
+	resumeRetryDelay = 50 * time.Millisecond
+)
+
+// diffLayerName is the file in a pending snapshot's directory that receives
+// a Diff snapshot's sparse memory layer before it is merged onto its base.
+const diffLayerName = "mem.diff"
+
+// errNoSnapshots is returned when no catalog is configured.
+func errNoSnapshots() error {
+	return fmt.Errorf("snapshots are not configured: %w", errdefs.ErrFailedPrecondition)
+}
+
+// Checkpoint pauses the sandbox, snapshots its memory, state and disk,
+// resumes it and records the snapshot in the catalog.
+//
+// It runs with the sandbox's operation lock held, so that a concurrent Stop
+// or Remove waits for it (or, when it came first, makes it fail with
+// FailedPrecondition). The sandbox is resumed whatever fails after the
+// pause (a failed resume is retried once), its state never changes, and a
+// failed checkpoint leaves nothing in the catalog; the error names the step
+// that failed.
+func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapshot.Meta, error) {
+	cat := m.cfg.Snapshots
+	if cat == nil {
+		return snapshot.Meta{}, fmt.Errorf("checkpoint: %w", errNoSnapshots())
+	}
+	if err := snapshot.ValidName(req.Name); err != nil {
+		if !errors.Is(err, errdefs.ErrInvalidArgument) {
+			err = fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+		}
+		return snapshot.Meta{}, fmt.Errorf("checkpoint: %w", err)
+	}
+	inst, err := m.lockLive(ctx, req.SandboxID)
+	if err != nil {
+		return snapshot.Meta{}, fmt.Errorf("checkpoint: %w", err)
+	}
+	defer inst.unlock()
+	inst.mu.Lock()
+	rec := inst.snapshotLocked()
+	mach := inst.vm
+	inst.mu.Unlock()
+	if (rec.State != StateReady && rec.State != StateRunning) || mach == nil {
+		return snapshot.Meta{}, fmt.Errorf("checkpoint: sandbox %s is %s; only a ready or running sandbox can be checkpointed: %w",
+			rec.ID, rec.State, errdefs.ErrFailedPrecondition)
+	}
+
+	typ, fcType := snapshot.TypeFull, firecracker.SnapshotFull
+	var base snapshot.Meta
+	if req.Diff {
+		typ, fcType = snapshot.TypeDiff, firecracker.SnapshotDiff
+		if !rec.Hardware.TrackDirtyPages {
+			return snapshot.Meta{}, fmt.Errorf("checkpoint: sandbox %s: a Diff checkpoint needs a sandbox created with dirty page tracking: %w",
+				rec.ID, errdefs.ErrFailedPrecondition)
+		}
+		if rec.LastSnapshotID == "" {
+			return snapshot.Meta{}, fmt.Errorf("checkpoint: sandbox %s: a Diff checkpoint needs an earlier checkpoint of this sandbox: %w",
+				rec.ID, errdefs.ErrFailedPrecondition)
+		}
+		b, release, err := cat.Acquire(rec.LastSnapshotID)
+		if err != nil {
+			if errors.Is(err, errdefs.ErrNotFound) {
+				return snapshot.Meta{}, fmt.Errorf("checkpoint: sandbox %s: the base of a Diff checkpoint, snapshot %s, was deleted; take a Full checkpoint: %w",
+					rec.ID, rec.LastSnapshotID, errdefs.ErrFailedPrecondition)
+			}
+			return snapshot.Meta{}, fmt.Errorf("checkpoint: base snapshot %s: %w", rec.LastSnapshotID, err)
+		}
+		defer release()
+		base = b
+	}
+
+	p, err := cat.Begin(rec.ID, req.Name)
+	if err != nil {
+		return snapshot.Meta{}, fmt.Errorf("checkpoint: %w", err)
+	}
+	finished := false // Commit was called: it cleans up after itself
+	defer func() {
+		if !finished {
+			cat.Abort(p)
+		}
+	}()
+	memOut := p.MemPath
+	if req.Diff {
+		memOut = filepath.Join(p.Dir, diffLayerName)
+	}
+
+	// From the pause to the resume: as little as possible.
+	createdAt := m.now()
+	var pausedAt time.Time
+	snapshotTried := false
+	failedStep, stepErr := func() (string, error) {
+		if err := mach.Pause(ctx); err != nil {
+			return "pause", err
+		}
+		pausedAt = time.Now()
+		snapshotTried = true
+		err := mach.CreateSnapshot(ctx, firecracker.SnapshotCreateParams{
+			SnapshotPath: p.VMStatePath, MemFilePath: memOut, SnapshotType: fcType,
+		})
+		if err != nil {
+			return "snapshot create", err
+		}
+		// The disk is copied while the guest cannot write to it: a memory
+		// image restored over a different disk corrupts the guest.
+		if err := m.cloneDisk(ctx, rec.Hardware.Disk, p.DiskPath); err != nil {
+			return "disk copy", err
+		}
+		return "", nil
+	}()
+	resumeErr := m.resume(ctx, inst, mach)
+	var pause time.Duration
+	if !pausedAt.IsZero() {
+		pause = time.Since(pausedAt)
+	}
+
+	// fail reports a failed checkpoint. Once a snapshot was attempted,
+	// Firecracker may have reset the dirty-page log, so the last snapshot
+	// can no longer be the base of a Diff.
+	fail := func(err error) (snapshot.Meta, error) {
+		if snapshotTried {
+			inst.mu.Lock()
+			inst.rec.LastSnapshotID = ""
+			inst.mu.Unlock()
+		}
+		inst.log.Error("checkpoint failed", "name", req.Name, "error", err)
+		return snapshot.Meta{}, err
+	}
+	switch {
+	case stepErr != nil && resumeErr != nil:
+		return fail(fmt.Errorf("%w (and resuming the sandbox failed too, it may be left paused: %v)",
+			checkpointError(failedStep, stepErr), resumeErr))
+	case stepErr != nil:
+		return fail(checkpointError(failedStep, stepErr))
+	case resumeErr != nil:
+		return fail(fmt.Errorf("checkpoint: resume (the sandbox may be left paused): %w", resumeErr))
+	}
+
+	if req.Diff {
+		// Make the stored memory file complete: the base's memory with the
+		// dirty pages of this layer written over it.
+		if err := mergeDiff(ctx, filepath.Join(base.Dir, snapshot.MemName), memOut, p.MemPath); err != nil {
+			return fail(checkpointError("diff merge", err))
+		}
+		if err := os.Remove(memOut); err != nil {
+			return fail(checkpointError("diff merge", err))
+		}
+	}
+
+	meta := snapshot.Meta{
+		ID:                 p.ID,
+		Name:               req.Name,
+		SandboxID:          rec.ID,
+		CreatedAt:          createdAt,
+		Type:               typ,
+		ParentID:           base.ID,
+		FirecrackerVersion: m.cfg.FirecrackerVersion,
+		SnapshotVersion:    m.cfg.SnapshotVersion,
+		Hardware: snapshot.Hardware{
+			VCPUs: rec.Hardware.VCPUs, MemoryMiB: rec.Hardware.MemoryMiB,
+			Kernel: rec.Hardware.Kernel, Initrd: rec.Hardware.Initrd, Rootfs: rec.Hardware.Rootfs,
+			BootArgs: rec.Hardware.BootArgs, TrackDirtyPages: rec.Hardware.TrackDirtyPages,
+		},
+		PauseDuration: pause,
+	}
+	if rec.Network.TAP != "" {
+		meta.Network = &snapshot.Network{
+			NICID: network.NICID, TAP: rec.Network.TAP, GuestIP: rec.Network.GuestIP, GuestMAC: rec.Network.MAC,
+		}
+	}
+	if rec.Process.VsockPath != "" {
+		meta.Vsock = &snapshot.Vsock{CID: GuestCID, UDSPath: VsockName}
+	}
+	finished = true
+	meta, err = cat.Commit(p, meta)
+	if err != nil {
+		return fail(checkpointError("commit", err))
+	}
+
+	inst.mu.Lock()
+	inst.rec.LastPause = pause
+	inst.rec.LastSnapshotID = meta.ID
+	m.publishLocked(inst, ActionCheckpointed, map[string]string{
+		"snapshot_id": meta.ID, "name": meta.Name, "type": typ,
+		"pause_ms": strconv.FormatFloat(float64(pause.Microseconds())/1000, 'f', 3, 64),
+	})
+	inst.mu.Unlock()
+	inst.log.Info("sandbox checkpointed", "snapshot", meta.ID, "name", meta.Name, "type", typ, "pause", pause)
+	return meta, nil
+}
+
+// resume resumes a sandbox after a checkpoint's pause, on a context that
+// the caller's cancellation does not end, retrying once.
+func (m *Manager) resume(ctx context.Context, inst *instance, mach machine) error {
+	attempt := func() error {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resumeTimeout)
+		defer cancel()
+		return mach.Resume(rctx)
+	}
+	err := attempt()
+	if err == nil {
+		return nil
+	}
+	inst.log.Warn("resuming after a checkpoint failed; retrying", "error", err)
+	time.Sleep(resumeRetryDelay)
+	if err2 := attempt(); err2 != nil {
+		return fmt.Errorf("%w (retry: %v)", err, err2)
+	}
+	return nil
+}
+
+// checkpointError names the failed step; a full disk is ResourceExhausted.
+func checkpointError(step string, err error) error {
+	if isNoSpace(err) {
+		return fmt.Errorf("checkpoint: %s: no space left on device: %w: %w", step, err, errdefs.ErrResourceExhausted)
+	}
+	return fmt.Errorf("checkpoint: %s: %w", step, err)
+}
+
+// isNoSpace reports whether err is ENOSPC, locally or as reported by
+// Firecracker ("No space left on device (os error 28)").
+func isNoSpace(err error) bool {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, errdefs.ErrResourceExhausted) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "No space left on device") || strings.Contains(msg, "os error 28")
+}
+
+// parseFormatVersion parses a snapshot data format version
+// ("10.0.0" or "v10.0.0") into its major and minor numbers.
+func parseFormatVersion(v string) (major, minor int, err error) {
+	parts := strings.Split(strings.TrimPrefix(v, "v"), ".")
+	if len(parts) != 3 {
+		return 0, 0, fmt.Errorf("want MAJOR.MINOR.PATCH")
+	}
+	var n [3]int
+	for i, p := range parts {
+		if n[i], err = strconv.Atoi(p); err != nil || n[i] < 0 || p == "" || p[0] == '+' {
+			return 0, 0, fmt.Errorf("want MAJOR.MINOR.PATCH")
+		}
+	}
+	return n[0], n[1], nil
+}
+
+// checkSnapshotVersion applies Firecracker's rule: a snapshot loads when its
+// data format has the binary's major version and a minor not above it.
+func checkSnapshotVersion(snap, binary string) error {
+	sm, sn, err := parseFormatVersion(snap)
+	if err != nil {
+		return fmt.Errorf("its snapshot format version %q is unreadable (%v): %w", snap, err, errdefs.ErrFailedPrecondition)
+	}
+	bm, bn, err := parseFormatVersion(binary)
+	if err != nil {
+		return fmt.Errorf("the installed Firecracker's snapshot format version %q is unreadable (%v): %w", binary, err, errdefs.ErrFailedPrecondition)
+	}
+	if sm != bm || sn > bn {
+		return fmt.Errorf("it was written in snapshot format %s, which the installed Firecracker (format %s) cannot load: %w",
+			snap, binary, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// invalidSnapshotID describes a malformed snapshot id.
+func invalidSnapshotID(id string) error {
+	shown := id
+	if len(shown) > 40 {
+		shown = shown[:40] + "..."
+	}
+	return fmt.Errorf("snapshot id %s: must be %d characters of 0-9 and a-z (without i, l, o, u): %w",
+		strconv.QuoteToASCII(shown), ids.Length, errdefs.ErrInvalidArgument)
+}
+
+// Restore creates a new sandbox from a snapshot; it returns at once in
+// StateStarting and reaches StateReady in the background.
+//
+// The snapshot stays pinned until the new sandbox has its own disk copy and
+// its own links to (or copies of) the memory and state files, so that the
+// running VM never depends on the catalog. Nothing is started for a
+// snapshot the installed Firecracker cannot load (FailedPrecondition), and
+// a restore that fails before the sandbox is registered leaves nothing.
+func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, err error) {
+	if err := ctx.Err(); err != nil {
+		return Sandbox{}, fmt.Errorf("restore: %w", err)
+	}
+	if m.isClosing() {
+		return Sandbox{}, errShuttingDown()
+	}
+	cat := m.cfg.Snapshots
+	if cat == nil {
+		return Sandbox{}, fmt.Errorf("restore: %w", errNoSnapshots())
+	}
+	if !ids.Valid(req.SnapshotID) {
+		return Sandbox{}, fmt.Errorf("restore: %w", invalidSnapshotID(req.SnapshotID))
+	}
+	meta, release, err := cat.Acquire(req.SnapshotID)
+	if err != nil {
+		return Sandbox{}, fmt.Errorf("restore: %w", err)
+	}
+	var unpinOnce sync.Once
+	unpin := func() { unpinOnce.Do(release) }
+	defer unpin()
+
+	if err := checkSnapshotVersion(meta.SnapshotVersion, m.cfg.SnapshotVersion); err != nil {
+		return Sandbox{}, fmt.Errorf("restore: snapshot %s: %w", meta.ID, err)
+	}
+	labels := maps.Clone(req.Labels)
+	if err := checkLabels(labels); err != nil {
+		return Sandbox{}, fmt.Errorf("restore: %w", err)
+	}
+	if req.TTL < 0 || req.TTL > MaxTTL {
+		return Sandbox{}, fmt.Errorf("restore: %w", invalid("ttl %v: must be between 0 (none) and %v", req.TTL, MaxTTL))
+	}
+	if meta.Network != nil && m.cfg.Network == nil {
+		return Sandbox{}, fmt.Errorf("restore: snapshot %s has a network interface but networking is not configured: %w",
+			meta.ID, errdefs.ErrFailedPrecondition)
+	}
+	for _, name := range []string{snapshot.VMStateName, snapshot.MemName, snapshot.DiskName} {
+		fi, ok := meta.Files[name]
+		if !ok {
+			return Sandbox{}, fmt.Errorf("restore: snapshot %s has no %s: %w", meta.ID, name, errdefs.ErrFailedPrecondition)
+		}
+		// Sizes always, the (small) vmstate's checksum too; re-hashing
+		// the memory and the disk would add seconds per GiB.
+		if err := verifyFile(filepath.Join(meta.Dir, name), fi, name == snapshot.VMStateName); err != nil {
+			return Sandbox{}, fmt.Errorf("restore: snapshot %s is damaged: %v: %w", meta.ID, err, errdefs.ErrFailedPrecondition)
+		}
+	}
+
+	if err := m.reserve(); err != nil {
+		return Sandbox{}, fmt.Errorf("restore: %w", err)
+	}
+	registered := false
+	defer func() {
+		if !registered {
+			m.unreserve()
+		}
+	}()
+
+	id := m.ids.New()
+	log := m.log.With("sandbox", id)
+	dir := filepath.Join(m.sandboxesDir, id)
+	if err := os.MkdirAll(m.sandboxesDir, 0o700); err != nil {
+		return Sandbox{}, fmt.Errorf("restore: preparing %s: %w", m.sandboxesDir, err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return Sandbox{}, fmt.Errorf("restore: sandbox directory: %w", err)
+	}
+	defer func() {
+		if !registered {
+			_ = os.RemoveAll(dir)
+		}
+	}()
+	diskPath := filepath.Join(dir, DiskName)
+	statePath := filepath.Join(dir, SnapshotStateName)
+	memPath := filepath.Join(dir, SnapshotMemName)
+	if err := m.cloneDisk(ctx, filepath.Join(meta.Dir, snapshot.DiskName), diskPath); err != nil {
+		return Sandbox{}, fmt.Errorf("restore: copying the snapshot's disk: %w", restoreCopyError(ctx, err))
+	}
+	for _, f := range []struct{ src, dst string }{
+		{filepath.Join(meta.Dir, snapshot.VMStateName), statePath},
+		{filepath.Join(meta.Dir, snapshot.MemName), memPath},
+	} {
+		if err := m.linkOrCopy(ctx, f.src, f.dst); err != nil {
+			return Sandbox{}, fmt.Errorf("restore: %w", restoreCopyError(ctx, err))
+		}
+	}
+	unpin() // the sandbox no longer reads the catalog's files
+
+	var att network.Attachment
+	if meta.Network != nil {
+		if att, err = m.cfg.Network.Attach(ctx, id); err != nil {
+			return Sandbox{}, fmt.Errorf("restore: network: %w", err)
+		}
+		defer func() {
+			if !registered {
+				if derr := m.cfg.Network.Detach(context.WithoutCancel(ctx), id); derr != nil {
+					log.Error("releasing the network of a failed restore", "error", derr)
+				}
+			}
+		}()
+	}
+
+	now := m.now()
+	hw := meta.Hardware
+	rec := Sandbox{
+		ID:     id,
+		Labels: labels,
+		State:  StateStarting,
+		Hardware: Hardware{
+			VCPUs: hw.VCPUs, MemoryMiB: hw.MemoryMiB,
+			Kernel: hw.Kernel, Initrd: hw.Initrd, Rootfs: hw.Rootfs, Disk: diskPath,
+			BootArgs: hw.BootArgs, TrackDirtyPages: hw.TrackDirtyPages,
+		},
+		Process: Process{
+			APISocket:   filepath.Join(dir, SocketName),
+			LogPath:     filepath.Join(dir, LogName),
+			MetricsPath: filepath.Join(dir, MetricsName),
+			ConsolePath: filepath.Join(dir, ConsoleName),
+		},
+		Dir:            dir,
+		CreatedAt:      now,
+		TTL:            req.TTL,
+		RestoredFrom:   meta.ID,
+		LastSnapshotID: meta.ID,
+	}
+	if rec.Labels == nil {
+		rec.Labels = map[string]string{}
+	}
+	if req.TTL > 0 {
+		rec.ExpiresAt = now.Add(req.TTL)
+	}
+	spec := vmm.RestoreSpec{
+		ID: id, Dir: dir, APISocket: rec.Process.APISocket, ConsolePath: rec.Process.ConsolePath,
+		Logging:      vmm.LoggingSpec{LogPath: rec.Process.LogPath, MetricsPath: rec.Process.MetricsPath},
+		SnapshotPath: statePath, MemFilePath: memPath,
+		ResumeVM: true, TrackDirtyPages: hw.TrackDirtyPages,
+	}
+	if meta.Vsock != nil {
+		// The snapshot's relative socket path would resolve in this
+		// directory anyway; the override makes it explicit.
+		rec.Process.VsockPath = filepath.Join(dir, VsockName)
+		spec.VsockPath = VsockName
+	}
+	if meta.Network != nil {
+		// The guest keeps the identity it had in the snapshot; the host
+		// side (namespace, TAP, address) is the new sandbox's own. The TAP
+		// has the same name in every namespace: no network_overrides.
+		rec.Network = networkOf(att)
+		rec.Network.MAC = meta.Network.GuestMAC
+		rec.Network.GuestIP = meta.Network.GuestIP
+		spec.NetNS = att.NetnsPath
+	}
+	runCtx, cancel := context.WithCancel(m.baseCtx)
+	inst := &instance{id: id, op: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), log: log, rec: rec}
+
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	if err := m.register(inst); err != nil {
+		cancel()
+		return Sandbox{}, err
+	}
+	registered = true
+
+	attrs := map[string]string{
+		"snapshot_id": meta.ID, "vcpus": strconv.Itoa(hw.VCPUs), "memory_mib": strconv.Itoa(hw.MemoryMiB),
+	}
+	if req.TTL > 0 {
+		attrs["ttl"] = req.TTL.String()
+		inst.ttl = time.AfterFunc(req.TTL, func() { m.expire(id) })
+	}
+	m.publishLocked(inst, ActionRestored, attrs)
+	log.Info("sandbox restored from snapshot", "snapshot", meta.ID, "source_sandbox", meta.SandboxID, "ttl", req.TTL)
+	go m.run(runCtx, inst, "restore", func(ctx context.Context) (machine, error) { return m.rt.Restore(ctx, spec) })
+	return inst.snapshotLocked(), nil
+}
+
+// restoreCopyError prefers the context's error when it ended the copy.
+func restoreCopyError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// linkOrCopy hard-links src to dst, or copies it when linking fails (e.g.
+// across filesystems).
+func (m *Manager) linkOrCopy(ctx context.Context, src, dst string) error {
+	lerr := os.Link(src, dst)
+	if lerr == nil {
+		return nil
+	}
+	if err := m.cloneDisk(ctx, src, dst); err != nil {
+		return fmt.Errorf("linking (%v) or copying %s: %w", lerr, src, err)
+	}
+	return nil
+}
+
+// ListSnapshots lists snapshots, all or of one sandbox (which need not
+// exist any more).
+func (m *Manager) ListSnapshots(ctx context.Context, sandboxID string) ([]snapshot.Meta, error) {
+	cat := m.cfg.Snapshots
+	if cat == nil {
+		return nil, fmt.Errorf("list snapshots: %w", errNoSnapshots())
+	}
+	if sandboxID != "" && !ValidID(sandboxID) {
+		if _, err := m.lookup(sandboxID); err != nil {
+			return nil, fmt.Errorf("list snapshots: %w", err)
+		}
+	}
+	out := cat.List(sandboxID)
+	if out == nil {
+		out = []snapshot.Meta{}
+	}
+	return out, nil
+}
+
+// DeleteSnapshot removes a snapshot; it waits (bounded by ctx) for restores
+// that are reading it.
+func (m *Manager) DeleteSnapshot(ctx context.Context, id string) error {
+	cat := m.cfg.Snapshots
+	if cat == nil {
+		return fmt.Errorf("delete snapshot: %w", errNoSnapshots())
+	}
+	if !ids.Valid(id) {
+		return fmt.Errorf("delete snapshot: %w", invalidSnapshotID(id))
+	}
+	if err := cat.Delete(ctx, id); err != nil {
+		return fmt.Errorf("delete snapshot: %w", err)
+	}
+	return nil
+}
