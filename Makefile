@@ -8,8 +8,10 @@ TESTFLAGS ?= -race -count=1 -timeout 15m
 
 all: build ## Build every binary into ./bin
 
+# The emulators are static (CGO_ENABLED=0): they run inside empty chroots under the jailer.
 build: ## Build every binary into ./bin
 	$(GO) build -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/firecracker-emulator ./cmd/jailer-emulator
 
 vet: ## go vet the whole module
 	$(GO) vet ./...

@@ -66,8 +66,8 @@ type FirecrackerConfig struct {
 	Jailer *JailerConfig `toml:"jailer"`
 }
 
-// JailerConfig is the [firecracker.jailer] section. It is parsed and
-// validated, but jailer mode is not implemented yet.
+// JailerConfig is the [firecracker.jailer] section: when present, every
+// sandbox's Firecracker is started through the jailer.
 type JailerConfig struct {
 	Binary         string   `toml:"binary"`
 	UID            int64    `toml:"uid"`
@@ -438,15 +438,24 @@ func (c *Config) validate(v *validator) {
 	v.oneOf("daemon.log_format", c.Daemon.LogFormat, "text", "json")
 	v.intRange("daemon.shutdown_timeout_secs", int64(c.Daemon.ShutdownTimeoutSecs), 1, 3600)
 
-	// Last, so that a jailer section's own problems are reported first.
-	if fc.Jailer != nil {
-		v.bad("firecracker.jailer", "jailer mode is not implemented yet; remove the [firecracker.jailer] section")
+	if fc.Jailer != nil && fc.Jailer.Netns != "" && c.Network.Enabled {
+		v.bad("firecracker.jailer.netns", "%q: with [network] enabled every sandbox runs in a namespace of its own; leave netns empty", fc.Jailer.Netns)
 	}
 }
 
 // validate checks the [firecracker.jailer] section.
 func (j *JailerConfig) validate(v *validator) {
 	v.absPath("firecracker.jailer.binary", j.Binary, false)
+	if filepath.IsAbs(j.Binary) {
+		if st, err := os.Stat(j.Binary); err != nil || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+			v.bad("firecracker.jailer.binary", "%q is not an executable file", j.Binary)
+		}
+	}
+	if filepath.IsAbs(j.ChrootBaseDir) {
+		if st, err := os.Stat(j.ChrootBaseDir); err != nil || !st.IsDir() {
+			v.bad("firecracker.jailer.chroot_base_dir", "%q must be an existing directory (the jailer does not create it)", j.ChrootBaseDir)
+		}
+	}
 	v.intRange("firecracker.jailer.uid", j.UID, 0, 1<<32-2)
 	v.intRange("firecracker.jailer.gid", j.GID, 0, 1<<32-2)
 	v.absPath("firecracker.jailer.chroot_base_dir", j.ChrootBaseDir, false)
@@ -631,6 +640,11 @@ func (c *Config) NetworkManagerConfig(log *slog.Logger) network.Config {
 	for _, d := range n.DNS {
 		nc.DNS = append(nc.DNS, netip.MustParseAddr(d))
 	}
+	if j := c.Firecracker.Jailer; j != nil {
+		// The jailed Firecracker runs as uid:gid and must be able to
+		// attach the sandbox's TAP.
+		nc.TAPOwner, nc.TAPGroup = int(j.UID), int(j.GID)
+	}
 	if c.GRPC.TCPAddr != "" {
 		if _, port, err := net.SplitHostPort(c.GRPC.TCPAddr); err == nil {
 			if p, err := strconv.ParseUint(port, 10, 16); err == nil && p != 0 {
@@ -639,4 +653,18 @@ func (c *Config) NetworkManagerConfig(log *slog.Logger) network.Config {
 		}
 	}
 	return nc
+}
+
+// JailerLauncherConfig converts the [firecracker.jailer] section (already
+// validated; nil-safe) into the launcher's jailer options.
+func (c *Config) JailerLauncherConfig() vmm.JailerConfig {
+	j := c.Firecracker.Jailer
+	if j == nil {
+		return vmm.JailerConfig{}
+	}
+	return vmm.JailerConfig{
+		Binary: j.Binary, UID: int(j.UID), GID: int(j.GID), ChrootBaseDir: j.ChrootBaseDir,
+		NetNS: j.Netns, NewPIDNS: j.NewPIDNS, CgroupVersion: j.CgroupVersion,
+		ParentCgroup: j.ParentCgroup, ResourceLimits: j.ResourceLimits,
+	}
 }

@@ -97,9 +97,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	} else if !cfg.FileMissing {
 		log.Info("config loaded", slog.String("path", cfg.Path))
 	}
-	if cfg.Firecracker.Jailer != nil {
-		return errors.New("[firecracker.jailer]: jailer mode is not implemented yet")
-	}
 
 	fc, err := probeFirecracker(ctx, cfg.Firecracker.Binary)
 	if err != nil {
@@ -151,6 +148,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		log.Warn("networking is disabled ([network] enabled = false): sandboxes get no NIC")
 	}
 
+	var launcher vmm.Launcher = &vmm.DirectLauncher{Config: cfg.VMMConfig(bin)}
+	if j := cfg.Firecracker.Jailer; j != nil {
+		launcher = &vmm.JailerLauncher{Config: cfg.VMMConfig(bin), Jailer: cfg.JailerLauncherConfig()}
+		log.Info("jailer mode", slog.String("jailer", j.Binary), slog.Int64("uid", j.UID), slog.Int64("gid", j.GID),
+			slog.String("chroot_base_dir", j.ChrootBaseDir), slog.String("cgroup_version", cfg.JailerLauncherConfig().CgroupVersion))
+	}
+
 	var catalog sandbox.SnapshotCatalog
 	if fc.SnapshotVersion == "" {
 		log.Warn("checkpoint/restore disabled: the firecracker binary does not report its snapshot format (--snapshot-version)")
@@ -179,7 +183,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		MaxMemoryMiB:       cfg.Limits.MaxMemoryMiB,
 		MaxSandboxes:       cfg.Limits.MaxSandboxes,
 		StopTimeout:        cfg.StopTimeout(),
-		Launcher:           &vmm.DirectLauncher{Config: cfg.VMMConfig(bin)},
+		Launcher:           launcher,
 		Network:            netMgr,
 		Snapshots:          catalog,
 		FirecrackerVersion: fc.Release,

@@ -103,6 +103,11 @@ type Config struct {
 	// thread that calls New, which for a daemon is its own namespace. Tests
 	// point it at a throwaway namespace.
 	HostNetns string
+	// TAPOwner and TAPGroup, when > 0, become the owner uid and group gid
+	// of each sandbox's TAP, so that a Firecracker dropped to them by the
+	// jailer may attach it. 0 or -1 (the default) leaves the TAP to root.
+	TAPOwner int
+	TAPGroup int
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -604,7 +609,7 @@ func (m *Manager) Attach(ctx context.Context, sandboxID string) (att Attachment,
 		return att, fail(stepNetns, err)
 	}
 	init := func() error {
-		if err := initSandboxNetns(); err != nil {
+		if err := initSandboxNetns(m.cfg.TAPOwner, m.cfg.TAPGroup); err != nil {
 			return err
 		}
 		return check(stepInit)
@@ -688,8 +693,8 @@ func (m *Manager) ensureNetnsDir() error {
 }
 
 // initSandboxNetns runs inside a new sandbox namespace: lo up, the TAP with
-// TAPAddr up, IPv4 forwarding on.
-func initSandboxNetns() error {
+// TAPAddr up (owned by owner/group when > 0), IPv4 forwarding on.
+func initSandboxNetns(owner, group int) error {
 	h, err := netlink.NewHandle()
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
@@ -702,7 +707,7 @@ func initSandboxNetns() error {
 	if err := h.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("bring lo up: %w", err)
 	}
-	if err := createTAP(TAPName); err != nil {
+	if err := createTAP(TAPName, owner, group); err != nil {
 		return err
 	}
 	tap, err := h.LinkByName(TAPName)

@@ -748,3 +748,38 @@ func TestAttachWithoutSetup(t *testing.T) {
 		t.Errorf("Attach after Close: got %v, want FailedPrecondition", err)
 	}
 }
+
+func TestTAPOwner(t *testing.T) {
+	for _, tt := range []struct {
+		name         string
+		owner, group int
+		want         [2]uint32
+	}{
+		{"jail owner", 64123, 64124, [2]uint32{64123, 64124}},
+		{"default (unset, reported as 0)", -1, -1, [2]uint32{0, 0}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, func(c *Config) { c.TAPOwner, c.TAPGroup = tt.owner, tt.group })
+			att := e.attach(context.Background())
+			var got [2]uint32
+			err := RunInNetns(att.NetnsPath, func() error {
+				link, err := netlink.LinkByName(TAPName)
+				if err != nil {
+					return err
+				}
+				tun, ok := link.(*netlink.Tuntap)
+				if !ok {
+					return fmt.Errorf("%s is a %T", TAPName, link)
+				}
+				got = [2]uint32{tun.Owner, tun.Group}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("tap owner/group %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

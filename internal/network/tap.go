@@ -10,8 +10,11 @@ import (
 // of the calling thread (TUNSETIFF creates the device in the namespace of
 // the task that opened /dev/net/tun). It is created with the flags
 // Firecracker opens it with (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), single queue,
-// so Firecracker, the emulator or a test can attach to it later.
-func createTAP(name string) error {
+// so Firecracker, the emulator or a test can attach to it later. An owner or
+// group > 0 is set on the device (TUNSETOWNER, TUNSETGROUP) so that a
+// Firecracker that dropped to that uid/gid (the jailer) may attach it;
+// 0 or a negative value leaves it unset.
+func createTAP(name string, owner, group int) error {
 	req, err := unix.NewIfreq(name)
 	if err != nil {
 		return fmt.Errorf("tap name %q: %w", name, err)
@@ -24,6 +27,16 @@ func createTAP(name string) error {
 	req.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, req); err != nil {
 		return fmt.Errorf("create tap %s: TUNSETIFF: %w", name, err)
+	}
+	if owner > 0 {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, owner); err != nil {
+			return fmt.Errorf("create tap %s: TUNSETOWNER %d: %w", name, owner, err)
+		}
+	}
+	if group > 0 {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, group); err != nil {
+			return fmt.Errorf("create tap %s: TUNSETGROUP %d: %w", name, group, err)
+		}
 	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
 		return fmt.Errorf("create tap %s: TUNSETPERSIST: %w", name, err)

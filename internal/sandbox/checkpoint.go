@@ -149,6 +149,25 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 	if req.Diff {
 		memOut = filepath.Join(p.Dir, diffLayerName)
 	}
+	// Under the jailer Firecracker writes inside its chroot
+	// (/snapshot.vmstate, /snapshot.mem); the files are moved into the
+	// pending snapshot afterwards. Names left by a restore (links to
+	// another snapshot's files) are unlinked first, so that nothing is
+	// written through them.
+	stateWrite, memWrite := p.VMStatePath, memOut
+	if rec.Process.Jailed {
+		stateWrite = filepath.Join(rec.Process.Chroot, jailStateName)
+		memWrite = filepath.Join(rec.Process.Chroot, jailMemName)
+		for _, f := range []string{stateWrite, memWrite} {
+			if err := removeIfExists(f); err != nil {
+				return snapshot.Meta{}, checkpointError("preparing the jail", err)
+			}
+		}
+		defer func() {
+			_ = removeIfExists(stateWrite)
+			_ = removeIfExists(memWrite)
+		}()
+	}
 
 	// From the pause to the resume: as little as possible.
 	createdAt := m.now()
@@ -161,7 +180,7 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 		pausedAt = time.Now()
 		snapshotTried = true
 		err := mach.CreateSnapshot(ctx, firecracker.SnapshotCreateParams{
-			SnapshotPath: p.VMStatePath, MemFilePath: memOut, SnapshotType: fcType,
+			SnapshotPath: stateWrite, MemFilePath: memWrite, SnapshotType: fcType,
 		})
 		if err != nil {
 			return "snapshot create", err
@@ -201,6 +220,14 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 		return fail(fmt.Errorf("checkpoint: resume (the sandbox may be left paused): %w", resumeErr))
 	}
 
+	if rec.Process.Jailed {
+		if err := m.moveOut(ctx, stateWrite, p.VMStatePath); err != nil {
+			return fail(checkpointError("snapshot move", err))
+		}
+		if err := m.moveOut(ctx, memWrite, memOut); err != nil {
+			return fail(checkpointError("snapshot move", err))
+		}
+	}
 	if req.Diff {
 		// Make the stored memory file complete: the base's memory with the
 		// dirty pages of this layer written over it.
@@ -416,9 +443,33 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 			_ = os.RemoveAll(dir)
 		}
 	}()
-	diskPath := filepath.Join(dir, DiskName)
-	statePath := filepath.Join(dir, SnapshotStateName)
-	memPath := filepath.Join(dir, SnapshotMemName)
+	hw := meta.Hardware
+	limits := vmm.Limits{VCPUs: hw.VCPUs, MemoryMiB: hw.MemoryMiB}
+	proc := Process{
+		APISocket:   filepath.Join(dir, SocketName),
+		LogPath:     filepath.Join(dir, LogName),
+		MetricsPath: filepath.Join(dir, MetricsName),
+		ConsolePath: filepath.Join(dir, ConsoleName),
+	}
+	// Where Firecracker's relative paths resolve: the sandbox directory,
+	// or the jail's root.
+	fcDir := dir
+	var jail vmm.Jail
+	if m.jailer != nil {
+		if jail, err = m.prepareJail(id, limits, &proc); err != nil {
+			_ = m.jailer.Cleanup(id, limits)
+			return Sandbox{}, fmt.Errorf("restore: preparing the jail: %w", err)
+		}
+		defer func() {
+			if !registered {
+				_ = m.jailer.Cleanup(id, limits)
+			}
+		}()
+		fcDir = jail.Root
+	}
+	diskPath := filepath.Join(fcDir, DiskName)
+	statePath := filepath.Join(fcDir, SnapshotStateName)
+	memPath := filepath.Join(fcDir, SnapshotMemName)
 	if err := m.cloneDisk(ctx, filepath.Join(meta.Dir, snapshot.DiskName), diskPath); err != nil {
 		return Sandbox{}, fmt.Errorf("restore: copying the snapshot's disk: %w", restoreCopyError(ctx, err))
 	}
@@ -426,8 +477,22 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 		{filepath.Join(meta.Dir, snapshot.VMStateName), statePath},
 		{filepath.Join(meta.Dir, snapshot.MemName), memPath},
 	} {
-		if err := m.linkOrCopy(ctx, f.src, f.dst); err != nil {
+		// A jail gets its own copies (reflinks where possible): they are
+		// chowned to the jail's user, which must never own the catalog's
+		// files. Unjailed VMMs run as root and share them by hard link.
+		place := m.linkOrCopy
+		if m.jailer != nil {
+			place = m.cloneDisk
+		}
+		if err := place(ctx, f.src, f.dst); err != nil {
 			return Sandbox{}, fmt.Errorf("restore: %w", restoreCopyError(ctx, err))
+		}
+	}
+	if m.jailer != nil {
+		for _, f := range []string{diskPath, statePath, memPath} {
+			if err := ownByJail(jail, f); err != nil {
+				return Sandbox{}, fmt.Errorf("restore: giving %s to the jail: %w", filepath.Base(f), err)
+			}
 		}
 	}
 	unpin() // the sandbox no longer reads the catalog's files
@@ -447,7 +512,6 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 	}
 
 	now := m.now()
-	hw := meta.Hardware
 	rec := Sandbox{
 		ID:     id,
 		Labels: labels,
@@ -457,12 +521,7 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 			Kernel: hw.Kernel, Initrd: hw.Initrd, Rootfs: hw.Rootfs, Disk: diskPath,
 			BootArgs: hw.BootArgs, TrackDirtyPages: hw.TrackDirtyPages,
 		},
-		Process: Process{
-			APISocket:   filepath.Join(dir, SocketName),
-			LogPath:     filepath.Join(dir, LogName),
-			MetricsPath: filepath.Join(dir, MetricsName),
-			ConsolePath: filepath.Join(dir, ConsoleName),
-		},
+		Process:        proc,
 		Dir:            dir,
 		CreatedAt:      now,
 		TTL:            req.TTL,
@@ -479,12 +538,12 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 		ID: id, Dir: dir, APISocket: rec.Process.APISocket, ConsolePath: rec.Process.ConsolePath,
 		Logging:      vmm.LoggingSpec{LogPath: rec.Process.LogPath, MetricsPath: rec.Process.MetricsPath},
 		SnapshotPath: statePath, MemFilePath: memPath,
-		ResumeVM: true, TrackDirtyPages: hw.TrackDirtyPages,
+		ResumeVM: true, TrackDirtyPages: hw.TrackDirtyPages, Limits: &limits,
 	}
 	if meta.Vsock != nil {
 		// The snapshot's relative socket path would resolve in this
 		// directory anyway; the override makes it explicit.
-		rec.Process.VsockPath = filepath.Join(dir, VsockName)
+		rec.Process.VsockPath = filepath.Join(fcDir, VsockName)
 		spec.VsockPath = VsockName
 	}
 	if meta.Network != nil {
@@ -497,7 +556,8 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 		spec.NetNS = att.NetnsPath
 	}
 	runCtx, cancel := context.WithCancel(m.baseCtx)
-	inst := &instance{id: id, op: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), log: log, rec: rec}
+	inst := &instance{id: id, op: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), log: log, rec: rec,
+		limits: limits}
 
 	inst.mu.Lock()
 	defer inst.mu.Unlock()

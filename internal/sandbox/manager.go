@@ -83,8 +83,9 @@ type Config struct {
 	// InstanceStart's answer (default 60 s); a boot that takes longer
 	// fails.
 	BootTimeout time.Duration
-	// Launcher starts Firecracker processes (vmm.DirectLauncher, later the
-	// jailer). Required.
+	// Launcher starts Firecracker processes (vmm.DirectLauncher or
+	// vmm.JailerLauncher). Required. A launcher that implements Jailer
+	// puts each sandbox's disk, snapshot files and sockets in its jail.
 	Launcher vmm.Launcher
 	// Network gives each sandbox its network (internal/network); nil means
 	// sandboxes get no NIC.
@@ -205,6 +206,8 @@ type Manager struct {
 	sandboxesDir string
 	// cloneDisk copies a disk image (disk.Clone; tests inject failures).
 	cloneDisk func(ctx context.Context, src, dst string) error
+	// jailer is Config.Launcher when it jails VMMs, else nil.
+	jailer Jailer
 
 	// baseCtx parents every background goroutine's context; it is
 	// cancelled at the end of Shutdown.
@@ -235,6 +238,9 @@ type instance struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	log    *slog.Logger
+	// limits are the VMM's resource limits (its vCPUs and memory), which
+	// name its cgroups under the jailer. Immutable.
+	limits vmm.Limits
 
 	// mu guards the fields that follow; never held across blocking calls.
 	mu      sync.Mutex
@@ -280,7 +286,9 @@ func newManager(cfg Config, rt runtime) (*Manager, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	jailer, _ := cfg.Launcher.(Jailer)
 	return &Manager{
+		jailer:       jailer,
 		cfg:          cfg,
 		rt:           rt,
 		events:       cfg.Events,
@@ -347,13 +355,40 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 			_ = os.RemoveAll(dir)
 		}
 	}()
+	proc := Process{
+		APISocket:   filepath.Join(dir, SocketName),
+		LogPath:     filepath.Join(dir, LogName),
+		MetricsPath: filepath.Join(dir, MetricsName),
+		ConsolePath: filepath.Join(dir, ConsoleName),
+		VsockPath:   filepath.Join(dir, VsockName),
+	}
 	diskPath := filepath.Join(dir, DiskName)
+	var jail vmm.Jail
+	if m.jailer != nil {
+		// The disk is cloned straight into the chroot.
+		limits := vmm.Limits{VCPUs: p.vcpus, MemoryMiB: p.memoryMiB}
+		if jail, err = m.prepareJail(id, limits, &proc); err != nil {
+			_ = m.jailer.Cleanup(id, limits)
+			return Sandbox{}, fmt.Errorf("create: preparing the jail: %w", err)
+		}
+		defer func() {
+			if !registered {
+				_ = m.jailer.Cleanup(id, limits)
+			}
+		}()
+		diskPath = jail.HostPath(DiskName)
+	}
 	method, err := disk.CloneFile(ctx, p.rootfsFile, diskPath, disk.Options{})
 	if err != nil {
 		if ctx.Err() != nil {
 			return Sandbox{}, fmt.Errorf("create: copying the rootfs: %w", ctx.Err())
 		}
 		return Sandbox{}, fmt.Errorf("create: copying the rootfs: %w", err)
+	}
+	if m.jailer != nil {
+		if err := ownByJail(jail, diskPath); err != nil {
+			return Sandbox{}, fmt.Errorf("create: giving the disk to the jail: %w", err)
+		}
 	}
 	log.Debug("rootfs copied", "source", p.rootfs, "disk", diskPath, "method", string(method))
 
@@ -381,13 +416,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 			Kernel: p.kernel, Initrd: p.initrd, Rootfs: p.rootfs, Disk: diskPath,
 			BootArgs: p.bootArgs, TrackDirtyPages: p.trackDirtyPages,
 		},
-		Process: Process{
-			APISocket:   filepath.Join(dir, SocketName),
-			LogPath:     filepath.Join(dir, LogName),
-			MetricsPath: filepath.Join(dir, MetricsName),
-			ConsolePath: filepath.Join(dir, ConsoleName),
-			VsockPath:   filepath.Join(dir, VsockName),
-		},
+		Process:   proc,
 		Dir:       dir,
 		CreatedAt: now,
 		TTL:       p.ttl,
@@ -403,8 +432,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		VCPUs: p.vcpus, MemoryMiB: p.memoryMiB, TrackDirtyPages: p.trackDirtyPages,
 		Kernel: p.kernel, Initrd: p.initrd, BootArgs: p.bootArgs,
 		// The drive and the vsock socket are relative to the VMM's working
-		// directory (dir), so that a snapshot of this VM loads in another
-		// sandbox's directory, against that sandbox's own files.
+		// directory (dir, or the jail's root), so that a snapshot of this
+		// VM loads in another sandbox's directory, against that sandbox's
+		// own files.
 		Drives:  []vmm.DriveSpec{{ID: rootDriveID, Path: DiskName, Root: true}},
 		Vsock:   &vmm.VsockSpec{CID: GuestCID, UDSPath: VsockName},
 		Logging: vmm.LoggingSpec{LogPath: rec.Process.LogPath, MetricsPath: rec.Process.MetricsPath},
@@ -417,7 +447,8 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		rec.Hardware.BootArgs = spec.BootArgs
 	}
 	runCtx, cancel := context.WithCancel(m.baseCtx)
-	inst := &instance{id: id, op: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), log: log, rec: rec}
+	inst := &instance{id: id, op: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), log: log, rec: rec,
+		limits: vmm.Limits{VCPUs: p.vcpus, MemoryMiB: p.memoryMiB}}
 
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
@@ -541,6 +572,11 @@ func (m *Manager) boot(ctx context.Context, inst *instance, what string, startVM
 	defer cancel()
 	start := m.now()
 	mach, err := startVM(bctx)
+	var jailErr error
+	if err != nil {
+		// Nothing runs: the jail goes (a failed launch removed it already).
+		jailErr = m.releaseJail(inst.id, inst.limits)
+	}
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
 	if inst.rec.State != StateStarting {
@@ -551,6 +587,9 @@ func (m *Manager) boot(ctx context.Context, inst *instance, what string, startVM
 		reason := err.Error()
 		if errors.Is(bctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 			reason = fmt.Sprintf("%s did not finish within %v: %v", what, m.cfg.BootTimeout, err)
+		}
+		if jailErr != nil {
+			reason = fmt.Sprintf("%s (and %v)", reason, jailErr)
 		}
 		inst.rec.FailureReason = reason
 		inst.rec.StoppedAt = m.now()
@@ -790,6 +829,12 @@ func (m *Manager) stopLocked(ctx context.Context, inst *instance, timeout time.D
 	} else if from == StateStarting {
 		attrs["boot_cancelled"] = "true"
 	}
+	// The VMM is gone: its jail goes too (the VMM's own cleanup did it
+	// already unless the boot was cancelled before a launch).
+	if err := m.releaseJail(inst.id, inst.limits); err != nil {
+		attrs["error"] = err.Error()
+		inst.log.Error("removing the jail", "error", err)
+	}
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
 	inst.vm = nil
@@ -835,6 +880,9 @@ func (m *Manager) removeLocked(ctx context.Context, inst *instance, force bool, 
 		if err := m.cfg.Network.Detach(ctx, inst.id); err != nil {
 			return fmt.Errorf("sandbox %s: releasing its network: %w", inst.id, err)
 		}
+	}
+	if err := m.releaseJail(inst.id, inst.limits); err != nil {
+		return fmt.Errorf("sandbox %s: %w", inst.id, err)
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("sandbox %s: removing %s: %w", inst.id, dir, err)

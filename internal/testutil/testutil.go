@@ -68,7 +68,9 @@ func Binary(t testing.TB, name string) string {
 	}
 	p := filepath.Join(dir, name)
 	pkg := "github.com/firecracker-vmm/firecracker-vmm/cmd/" + name
-	if out, err := exec.Command("go", "build", "-o", p, pkg).CombinedOutput(); err != nil {
+	build := exec.Command("go", "build", "-o", p, pkg)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static: the emulators run in empty chroots
+	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
 	binPaths[name] = p

@@ -114,6 +114,12 @@ func (c Config) Validate() error {
 //	[--no-seccomp | --seccomp-filter P] [--http-api-max-payload-size N]
 //	[--mmds-size-limit N] [--boot-timer]
 func Args(cfg Config, inv Invocation) ([]string, error) {
+	return buildArgs(cfg, inv, true)
+}
+
+// buildArgs is Args; without withID the --id pair is left out (the jailer
+// passes --id itself and a second one makes Firecracker exit).
+func buildArgs(cfg Config, inv Invocation, withID bool) ([]string, error) {
 	var errs []error
 	if err := ValidateInstanceID(inv.ID); err != nil {
 		errs = append(errs, err)
@@ -136,7 +142,10 @@ func Args(cfg Config, inv Invocation) ([]string, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("vmm: firecracker arguments: %w", err)
 	}
-	args := []string{"--api-sock", inv.APISocket, "--id", inv.ID}
+	args := []string{"--api-sock", inv.APISocket}
+	if withID {
+		args = append(args, "--id", inv.ID)
+	}
 	if level != "" {
 		args = append(args, "--level", level)
 	}

@@ -47,6 +47,13 @@ type LaunchRequest struct {
 	// NetNS is the path of a network namespace (e.g. /run/netns/vmm-ID) the
 	// process must run in; empty means the caller's namespace.
 	NetNS string
+	// Limits are the VMM's resource limits (cgroups under the jailer;
+	// ignored by DirectLauncher). Optional.
+	Limits *Limits
+	// Files are host files Firecracker is given (kernel, initrd, ...): a
+	// jailing launcher places each one outside the jail in the jail under
+	// its JailName; DirectLauncher ignores them.
+	Files []JailFile
 }
 
 // Launched is a started Firecracker process whose API socket answers.
@@ -57,6 +64,18 @@ type Launched struct {
 	SocketPath string
 	// Paths maps host paths to the paths Firecracker must be given.
 	Paths PathMapper
+	// Dir is the host directory Firecracker's relative paths resolve in
+	// (its working directory: LaunchRequest.Dir, or a jail's root).
+	Dir string
+	// LogPath and MetricsPath are the host paths of the log and metrics
+	// files actually used; empty means the request's.
+	LogPath, MetricsPath string
+	// Jail describes the jail; nil for an unjailed process.
+	Jail *Jail
+	// Cleanup, when not nil, releases what the launch left on the host
+	// (a jail and its cgroups). It is called once, after the process
+	// has ended.
+	Cleanup func() error
 }
 
 // Launcher starts Firecracker processes. Launch returns once the API socket
@@ -131,7 +150,7 @@ func (l *DirectLauncher) Launch(ctx context.Context, req LaunchRequest) (*Launch
 		_ = removeSocket(req.SocketPath)
 		return nil, fmt.Errorf("vmm: launch %s: %w", req.ID, err)
 	}
-	return &Launched{Process: proc, SocketPath: req.SocketPath, Paths: IdentityPaths}, nil
+	return &Launched{Process: proc, SocketPath: req.SocketPath, Paths: IdentityPaths, Dir: req.Dir}, nil
 }
 
 // waitSocket probes GET / until it answers, the process exits, the timeout

@@ -39,10 +39,17 @@ type VM struct {
 	MetricsPath string
 	// VsockPath is the vsock host socket, if any.
 	VsockPath string
+	// Jail describes the VMM's jail; nil for an unjailed VMM.
+	Jail *Jail
 
 	paths           PathMapper
 	trackDirtyPages bool
 	cleanupOnce     sync.Once
+	// release is the launcher's cleanup (a jail), run once by cleanup.
+	release    func() error
+	cleanupErr error
+	// dir is where Firecracker's relative paths resolve on the host.
+	dir string
 }
 
 // step runs one configuration call and names it in the error.
@@ -65,9 +72,8 @@ func Start(ctx context.Context, launcher Launcher, spec VMSpec) (*VM, error) {
 	if err := os.MkdirAll(spec.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("vmm: start %s: %w", spec.ID, err)
 	}
-	var vsockPath string
 	if spec.Vsock != nil {
-		vsockPath = spec.Vsock.UDSPath
+		vsockPath := spec.Vsock.UDSPath
 		if !filepath.IsAbs(vsockPath) {
 			vsockPath = filepath.Join(spec.Dir, vsockPath)
 		}
@@ -76,17 +82,33 @@ func Start(ctx context.Context, launcher Launcher, spec VMSpec) (*VM, error) {
 			return nil, fmt.Errorf("vmm: start %s: removing stale vsock socket: %w", spec.ID, err)
 		}
 	}
+	// A jailing launcher places these files in the jail; drives given as
+	// relative paths are expected there already.
+	files := []JailFile{{HostPath: spec.Kernel, JailName: JailKernelName}}
+	if spec.Initrd != "" {
+		files = append(files, JailFile{HostPath: spec.Initrd, JailName: JailInitrdName})
+	}
+	for _, d := range spec.Drives {
+		if filepath.IsAbs(d.Path) {
+			files = append(files, JailFile{HostPath: d.Path, JailName: "drive_" + d.ID})
+		}
+	}
 	vm, err := launch(ctx, launcher, LaunchRequest{
 		ID: spec.ID, Dir: spec.Dir, SocketPath: spec.APISocket, ConsolePath: spec.ConsolePath,
 		LogLevel: spec.Logging.Level, LogPath: spec.Logging.LogPath, MetricsPath: spec.Logging.MetricsPath,
-		NetNS: spec.NetNS,
+		NetNS: spec.NetNS, Limits: &Limits{VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB}, Files: files,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("vmm: start %s: %w", spec.ID, err)
 	}
-	vm.VsockPath = vsockPath
+	if spec.Vsock != nil {
+		vm.VsockPath = vm.hostPath(spec.Vsock.UDSPath)
+	}
 	vm.trackDirtyPages = spec.TrackDirtyPages
 	if err := vm.configure(ctx, spec); err != nil {
+		return nil, fmt.Errorf("vmm: start %s: %w", spec.ID, vm.abort(ctx, err))
+	}
+	if err := vm.restrictJail(); err != nil {
 		return nil, fmt.Errorf("vmm: start %s: %w", spec.ID, vm.abort(ctx, err))
 	}
 	return vm, nil
@@ -102,7 +124,7 @@ func launch(ctx context.Context, launcher Launcher, req LaunchRequest) (*VM, err
 	if paths == nil {
 		paths = IdentityPaths
 	}
-	return &VM{
+	vm := &VM{
 		ID:          req.ID,
 		Process:     l.Process,
 		Client:      firecracker.NewClient(l.SocketPath),
@@ -110,8 +132,39 @@ func launch(ctx context.Context, launcher Launcher, req LaunchRequest) (*VM, err
 		ConsolePath: req.ConsolePath,
 		LogPath:     req.LogPath,
 		MetricsPath: req.MetricsPath,
+		Jail:        l.Jail,
 		paths:       paths,
-	}, nil
+		release:     l.Cleanup,
+		dir:         l.Dir,
+	}
+	if vm.dir == "" {
+		vm.dir = req.Dir
+	}
+	if l.LogPath != "" {
+		vm.LogPath = l.LogPath
+	}
+	if l.MetricsPath != "" {
+		vm.MetricsPath = l.MetricsPath
+	}
+	return vm, nil
+}
+
+// restrictJail takes other users' permissions away from what the
+// configuration created in a jail (the vsock socket); a no-op unjailed.
+func (vm *VM) restrictJail() error {
+	if vm.Jail == nil {
+		return nil
+	}
+	return restrictJail(vm.Jail.Root)
+}
+
+// hostPath returns the host path of a path handed to Firecracker: a
+// relative path resolves in its working directory (a jail's root).
+func (vm *VM) hostPath(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(vm.dir, p)
 }
 
 // configure sends the pre-boot configuration and InstanceStart.
@@ -207,13 +260,17 @@ func (vm *VM) abort(ctx context.Context, err error) error {
 		_ = vm.Process.Kill()
 		_, _ = vm.Process.Wait(cctx)
 	}
-	vm.cleanup()
+	if cerr := vm.cleanup(); cerr != nil {
+		err = fmt.Errorf("%w (and %v)", err, cerr)
+	}
 	return err
 }
 
-// cleanup releases the client and the pidfd and removes the sockets that
-// Firecracker leaves behind. It runs once, after the process ended.
-func (vm *VM) cleanup() {
+// cleanup releases the client and the pidfd, removes the sockets that
+// Firecracker leaves behind and then the launcher's leftovers (a jail and
+// its cgroups). It runs once, after the process ended, and returns the
+// error of that release.
+func (vm *VM) cleanup() error {
 	vm.cleanupOnce.Do(func() {
 		vm.Client.Close()
 		_ = removeSocket(vm.SocketPath)
@@ -221,7 +278,11 @@ func (vm *VM) cleanup() {
 		if vm.Process.Exited() {
 			_ = vm.Process.Close()
 		}
+		if vm.release != nil && vm.Process.Exited() {
+			vm.cleanupErr = vm.release()
+		}
 	})
+	return vm.cleanupErr
 }
 
 // RestoreSpec describes a snapshot restore into a fresh process.
@@ -253,6 +314,9 @@ type RestoreSpec struct {
 	// NetNS is the network namespace (path) the VMM runs in; empty means
 	// the caller's.
 	NetNS string
+	// Limits are the restored VMM's resource limits (the snapshot's
+	// vCPUs and memory; enforced under the jailer). Optional.
+	Limits *Limits
 }
 
 // Validate returns every problem of the spec, joined, or nil.
@@ -305,8 +369,7 @@ func Restore(ctx context.Context, launcher Launcher, spec RestoreSpec) (*VM, err
 	if err := os.MkdirAll(spec.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("vmm: restore %s: %w", spec.ID, err)
 	}
-	vsockPath := spec.VsockPath
-	if vsockPath != "" {
+	if vsockPath := spec.VsockPath; vsockPath != "" {
 		if !filepath.IsAbs(vsockPath) {
 			vsockPath = filepath.Join(spec.Dir, vsockPath)
 		}
@@ -314,17 +377,26 @@ func Restore(ctx context.Context, launcher Launcher, spec RestoreSpec) (*VM, err
 			return nil, fmt.Errorf("vmm: restore %s: removing stale vsock socket: %w", spec.ID, err)
 		}
 	}
+	var files []JailFile
+	for _, f := range []JailFile{{spec.SnapshotPath, "snapshot.vmstate"}, {spec.MemFilePath, "snapshot.mem"}} {
+		if filepath.IsAbs(f.HostPath) {
+			files = append(files, f)
+		}
+	}
 	vm, err := launch(ctx, launcher, LaunchRequest{
 		ID: spec.ID, Dir: spec.Dir, SocketPath: spec.APISocket, ConsolePath: spec.ConsolePath,
 		LogLevel: spec.Logging.Level, LogPath: spec.Logging.LogPath, MetricsPath: spec.Logging.MetricsPath,
-		NetNS: spec.NetNS,
+		NetNS: spec.NetNS, Limits: spec.Limits, Files: files,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("vmm: restore %s: %w", spec.ID, err)
 	}
-	vm.VsockPath = vsockPath
+	vm.VsockPath = vm.hostPath(spec.VsockPath)
 	vm.trackDirtyPages = spec.TrackDirtyPages
 	if err := vm.load(ctx, spec); err != nil {
+		return nil, fmt.Errorf("vmm: restore %s: %w", spec.ID, vm.abort(ctx, err))
+	}
+	if err := vm.restrictJail(); err != nil {
 		return nil, fmt.Errorf("vmm: restore %s: %w", spec.ID, vm.abort(ctx, err))
 	}
 	return vm, nil
@@ -452,7 +524,9 @@ func (vm *VM) Wait(ctx context.Context) (ExitStatus, error) {
 	if err != nil {
 		return st, fmt.Errorf("vmm: wait %s: %w", vm.ID, err)
 	}
-	vm.cleanup()
+	if err := vm.cleanup(); err != nil {
+		return st, fmt.Errorf("vmm: wait %s: %w", vm.ID, err)
+	}
 	return st, nil
 }
 
