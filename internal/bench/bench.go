@@ -390,14 +390,7 @@ log_level = "warn"
 			return err
 		}
 		ids[i] = resp.GetSandbox().GetId()
-		ev, err := w.wait(ctx, ids[i])
-		if err != nil {
-			return err
-		}
-		if ev.GetAction() != "ready" {
-			return fmt.Errorf("sandbox %s: %s: %v", ids[i], ev.GetAction(), ev.GetAttributes())
-		}
-		return nil
+		return w.waitReady(ctx, ids[i])
 	})
 	if netns == "" {
 		r.Daemon = Summarize(name, lat, wall)
@@ -446,14 +439,7 @@ func runSnapshots(ctx context.Context, o Options, conn *grpc.ClientConn, w *wait
 			return err
 		}
 		ids[i] = resp.GetSandbox().GetId()
-		ev, err := w.wait(ctx, ids[i])
-		if err != nil {
-			return err
-		}
-		if ev.GetAction() != "ready" {
-			return fmt.Errorf("restored sandbox %s: %s: %v", ids[i], ev.GetAction(), ev.GetAttributes())
-		}
-		return nil
+		return w.waitReady(ctx, ids[i])
 	})
 	r.Restore = Summarize("restore", lat, rwall)
 	return ids, err
@@ -531,6 +517,18 @@ func (w *waiters) fail(err error) {
 	defer w.mu.Unlock()
 	w.err = err
 	close(w.dead)
+}
+
+// waitReady waits for sandbox id's outcome and fails unless it is ready.
+func (w *waiters) waitReady(ctx context.Context, id string) error {
+	ev, err := w.wait(ctx, id)
+	if err != nil {
+		return err
+	}
+	if ev.GetAction() != "ready" {
+		return fmt.Errorf("sandbox %s: %s: %v", id, ev.GetAction(), ev.GetAttributes())
+	}
+	return nil
 }
 
 func (w *waiters) wait(ctx context.Context, id string) (*sandboxv1.Event, error) {

@@ -419,30 +419,13 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 		}
 	}
 
-	if err := m.reserve(); err != nil {
-		return Sandbox{}, fmt.Errorf("restore: %w", err)
+	slot, err := m.claimSlot("restore")
+	if err != nil {
+		return Sandbox{}, err
 	}
 	registered := false
-	defer func() {
-		if !registered {
-			m.unreserve()
-		}
-	}()
-
-	id := m.ids.New()
-	log := m.log.With("sandbox", id)
-	dir := filepath.Join(m.sandboxesDir, id)
-	if err := os.MkdirAll(m.sandboxesDir, 0o700); err != nil {
-		return Sandbox{}, fmt.Errorf("restore: preparing %s: %w", m.sandboxesDir, err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return Sandbox{}, fmt.Errorf("restore: sandbox directory: %w", err)
-	}
-	defer func() {
-		if !registered {
-			_ = os.RemoveAll(dir)
-		}
-	}()
+	defer func() { slot.release(registered) }()
+	id, dir, log := slot.id, slot.dir, slot.log
 	hw := meta.Hardware
 	limits := vmm.Limits{VCPUs: hw.VCPUs, MemoryMiB: hw.MemoryMiB}
 	proc := Process{

@@ -331,30 +331,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	}
 	defer p.rootfsFile.Close()
 
-	if err := m.reserve(); err != nil {
-		return Sandbox{}, fmt.Errorf("create: %w", err)
+	slot, err := m.claimSlot("create")
+	if err != nil {
+		return Sandbox{}, err
 	}
 	registered := false
-	defer func() {
-		if !registered {
-			m.unreserve()
-		}
-	}()
-
-	id := m.ids.New()
-	log := m.log.With("sandbox", id)
-	dir := filepath.Join(m.sandboxesDir, id)
-	if err := os.MkdirAll(m.sandboxesDir, 0o700); err != nil {
-		return Sandbox{}, fmt.Errorf("create: preparing %s: %w", m.sandboxesDir, err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return Sandbox{}, fmt.Errorf("create: sandbox directory: %w", err)
-	}
-	defer func() {
-		if !registered {
-			_ = os.RemoveAll(dir)
-		}
-	}()
+	defer func() { slot.release(registered) }()
+	id, dir, log := slot.id, slot.dir, slot.log
 	proc := Process{
 		APISocket:   filepath.Join(dir, SocketName),
 		LogPath:     filepath.Join(dir, LogName),
@@ -478,6 +461,46 @@ func (m *Manager) isClosing() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.closing
+}
+
+// slot is a sandbox being created: a place under the sandbox cap, an id and
+// a fresh directory.
+type slot struct {
+	m   *Manager
+	id  string
+	dir string
+	log *slog.Logger
+}
+
+// claimSlot reserves a place under the cap, picks an id and creates the
+// sandbox directory; op names the operation in errors. The caller must
+// call release once.
+func (m *Manager) claimSlot(op string) (*slot, error) {
+	if err := m.reserve(); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	s := &slot{m: m, id: m.ids.New()}
+	s.log = m.log.With("sandbox", s.id)
+	s.dir = filepath.Join(m.sandboxesDir, s.id)
+	if err := os.MkdirAll(m.sandboxesDir, 0o700); err != nil {
+		m.unreserve()
+		return nil, fmt.Errorf("%s: preparing %s: %w", op, m.sandboxesDir, err)
+	}
+	if err := os.Mkdir(s.dir, 0o700); err != nil {
+		m.unreserve()
+		return nil, fmt.Errorf("%s: sandbox directory: %w", op, err)
+	}
+	return s, nil
+}
+
+// release undoes claimSlot unless the sandbox was registered (which took
+// over the reservation and the directory).
+func (s *slot) release(registered bool) {
+	if registered {
+		return
+	}
+	_ = os.RemoveAll(s.dir)
+	s.m.unreserve()
 }
 
 // reserve takes a slot under the sandbox cap, so that concurrent creates
