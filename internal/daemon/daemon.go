@@ -24,6 +24,7 @@ import (
 	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/server"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/snapshot"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/store"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -125,6 +126,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		ul.Close()
 		return err
 	}
+	// One daemon per data dir: a second one would fight over the same
+	// sandboxes, namespaces and snapshots.
+	unlock, err := store.Lock(cfg.Firecracker.DataDir)
+	if err != nil {
+		ul.Close()
+		return err
+	}
+	defer unlock()
 	for _, dir := range cfg.AllowedDirs() {
 		if _, err := os.Stat(dir); err != nil {
 			log.Warn("allowed directory is not accessible", slog.String("dir", dir), slog.Any("error", err))

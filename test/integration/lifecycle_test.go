@@ -397,3 +397,26 @@ func TestCLIErrorsArePlainSentences(t *testing.T) {
 		t.Fatalf("no daemon: %v\n%s", err, out)
 	}
 }
+
+func TestSecondDaemonOnSameDataDirRefused(t *testing.T) {
+	d := startDaemon(t, options{})
+	conf, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(d.dir, "other.toml")
+	body := strings.Replace(string(conf), d.sock, filepath.Join(d.dir, "other.sock"), 1)
+	if err := os.WriteFile(other, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(testutil.Binary(t, "vmm-daemon"), "--config", other).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "another vmm-daemon") || !strings.Contains(string(out), d.data) {
+		t.Fatalf("second daemon on the same data dir: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(d.dir, "other.sock")); !os.IsNotExist(err) {
+		t.Fatalf("the refused daemon left its socket: %v", err)
+	}
+	if _, err := d.sb.List(t.Context(), &sandboxv1.ListRequest{}); err != nil {
+		t.Fatalf("first daemon broken by the second: %v", err)
+	}
+}

@@ -1,0 +1,42 @@
+// Package store is the daemon's durable state: an embedded bbolt database
+// (data_dir/state.db) holding sandbox records, address leases, TTL
+// deadlines (inside the sandbox records) and a bounded, sequenced event
+// history. Every write is one bbolt transaction that is fsync'd before the
+// call returns, so a change is on disk before the RPC that made it answers.
+//
+// The record types here (SandboxRecord, Lease, EventRecord) belong to the
+// store: they are plain structs with explicit JSON tags, separate from the
+// proto and domain types, and the sandbox manager converts. The package
+// imports errdefs, bbolt and the standard library; it knows nothing of gRPC.
+//
+// # Schema
+//
+// The bucket tree (keys in <>, values after the colon):
+//
+//	v1                                   // schema bucket (schemaBucket)
+//	├── version : uint64 big-endian      // schema version inside v1 (schemaVersion)
+//	├── event_seq : uint64 big-endian    // last event sequence ever assigned
+//	├── sandboxes
+//	│   └── <sandbox id> : SandboxRecord (JSON)
+//	├── leases
+//	│   └── <ip, 4 or 16 bytes> : Lease (JSON)
+//	└── events
+//	    └── <seq, uint64 big-endian> : EventRecord (JSON)
+//	                                     // contiguous, oldest trimmed past Options.EventHistory
+//
+// Open refuses a database whose version is newer than schemaVersion, or that
+// holds a top-level bucket other than v1 (a schema this binary does not
+// know), and runs the migrations list (empty today) to bring an older one
+// up to date inside one transaction.
+//
+// On every schema change: update the drawing above, add a migration to
+// migrations() and bump schemaVersion.
+//
+// # Files and locks
+//
+// Open never wipes, truncates or recreates an existing file: a file that
+// cannot be opened, fails bbolt's consistency check or has an unknown
+// schema is an error naming the file, and the file is left as it was. Lock
+// takes an exclusive flock on data_dir/vmm.lock for the daemon's life, so a
+// second daemon on the same data directory refuses to start.
+package store

@@ -1,0 +1,95 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
+	bolt "go.etcd.io/bbolt"
+)
+
+// leaseKey is the address's 4 or 16 bytes.
+func leaseKey(ip netip.Addr) ([]byte, error) {
+	if !ip.IsValid() || ip.Zone() != "" {
+		return nil, fmt.Errorf("lease address %q: %w", ip, errdefs.ErrInvalidArgument)
+	}
+	return ip.AsSlice(), nil
+}
+
+// PutLease records that l.IP belongs to l.SandboxID. Putting the same lease
+// again is a no-op; an address leased to another sandbox is an error of
+// class errdefs.ErrAlreadyExists.
+func (s *Store) PutLease(ctx context.Context, l Lease) error {
+	k, err := leaseKey(l.IP)
+	if err != nil {
+		return err
+	}
+	if err := validKey("lease sandbox id", l.SandboxID); err != nil {
+		return err
+	}
+	data, err := json.Marshal(l)
+	if err != nil {
+		return fmt.Errorf("encode lease %s: %w", l.IP, err)
+	}
+	err = s.update(ctx, func(root *bolt.Bucket) error {
+		b := root.Bucket(bktLeases)
+		if old := b.Get(k); old != nil {
+			var cur Lease
+			if err := decode(old, &cur); err != nil {
+				return err
+			}
+			if cur.SandboxID == l.SandboxID {
+				return nil
+			}
+			return fmt.Errorf("leased to sandbox %q: %w", cur.SandboxID, errdefs.ErrAlreadyExists)
+		}
+		return b.Put(k, data)
+	})
+	if err != nil {
+		return fmt.Errorf("put lease %s: %w", l.IP, err)
+	}
+	return nil
+}
+
+// DeleteLease releases an address; an address not leased is an error of
+// class errdefs.ErrNotFound.
+func (s *Store) DeleteLease(ctx context.Context, ip netip.Addr) error {
+	k, err := leaseKey(ip)
+	if err != nil {
+		return err
+	}
+	err = s.update(ctx, func(root *bolt.Bucket) error {
+		b := root.Bucket(bktLeases)
+		if b.Get(k) == nil {
+			return errdefs.ErrNotFound
+		}
+		return b.Delete(k)
+	})
+	if err != nil {
+		return fmt.Errorf("delete lease %s: %w", ip, err)
+	}
+	return nil
+}
+
+// ListLeases returns every lease, IPv4 before IPv6, each in address order.
+func (s *Store) ListLeases(ctx context.Context) ([]Lease, error) {
+	var out []Lease
+	err := s.view(ctx, func(root *bolt.Bucket) error {
+		return root.Bucket(bktLeases).ForEach(func(k, v []byte) error {
+			var l Lease
+			if err := decode(v, &l); err != nil {
+				return fmt.Errorf("lease %x: %w", k, err)
+			}
+			out = append(out, l)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list leases: %w", err)
+	}
+	slices.SortFunc(out, func(a, b Lease) int { return a.IP.Compare(b.IP) })
+	return out, nil
+}
