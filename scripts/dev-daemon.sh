@@ -59,6 +59,11 @@ unix_socket = "$sock"
 # VMM_DEV_NETWORK=1.
 enabled = $network
 
+[daemon]
+# Ctrl-C stops and removes every sandbox (the production default, "leave",
+# keeps them running across a daemon restart).
+on_shutdown = "stop"
+
 [defaults]
 vcpus      = 1
 memory_mib = 512

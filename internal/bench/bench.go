@@ -325,6 +325,7 @@ max_sandboxes = %d
 
 [daemon]
 log_level = "warn"
+on_shutdown = "stop"
 `, fc, filepath.Join(o.Dir, "data"), sock, o.VCPUs, o.MemoryMiB, o.kernel(), o.rootfs(), bootArgs, networkConf(netns), o.N+o.Snapshots+10)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return err

@@ -87,7 +87,7 @@ func TestMainRunsAgainstEmulator(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "vmm.sock")
-	conf := writeConfig(t, fmt.Sprintf("[firecracker]\nbinary = %q\n[network]\nenabled = false\n[daemon]\nlog_level = \"debug\"\nshutdown_timeout_secs = 10\n", emu))
+	conf := writeConfig(t, fmt.Sprintf("[firecracker]\nbinary = %q\n[network]\nenabled = false\n[daemon]\nlog_level = \"debug\"\nshutdown_timeout_secs = 10\non_shutdown = \"stop\"\n", emu))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

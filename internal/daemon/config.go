@@ -143,6 +143,10 @@ type DaemonConfig struct {
 	// LogFormat is text or json.
 	LogFormat           string `toml:"log_format"`
 	ShutdownTimeoutSecs int    `toml:"shutdown_timeout_secs"`
+	// OnShutdown is what the daemon does with the sandboxes when it exits:
+	// "leave" them running for the next daemon to re-adopt, or "stop"
+	// (and remove) them all.
+	OnShutdown string `toml:"on_shutdown"`
 }
 
 // Default values of the keys (kernel, rootfs and gateway are derived; see
@@ -192,6 +196,7 @@ func DefaultConfig() Config {
 			LogLevel:            "info",
 			LogFormat:           "text",
 			ShutdownTimeoutSecs: int(DefaultShutdownTimeout / time.Second),
+			OnShutdown:          "leave",
 		},
 	}
 }
@@ -437,6 +442,7 @@ func (c *Config) validate(v *validator) {
 	v.oneOf("daemon.log_level", c.Daemon.LogLevel, "debug", "info", "warn", "error")
 	v.oneOf("daemon.log_format", c.Daemon.LogFormat, "text", "json")
 	v.intRange("daemon.shutdown_timeout_secs", int64(c.Daemon.ShutdownTimeoutSecs), 1, 3600)
+	v.oneOf("daemon.on_shutdown", c.Daemon.OnShutdown, "leave", "stop")
 
 	if fc.Jailer != nil && fc.Jailer.Netns != "" && c.Network.Enabled {
 		v.bad("firecracker.jailer.netns", "%q: with [network] enabled every sandbox runs in a namespace of its own; leave netns empty", fc.Jailer.Netns)

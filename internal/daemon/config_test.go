@@ -202,6 +202,7 @@ allowed_dirs = ["/srv/k", "/srv/i"]
 log_level = "WARN"
 log_format = "json"
 shutdown_timeout_secs = 12
+on_shutdown = "stop"
 `
 	cfg, err := Load(writeConfig(t, body), true, Overrides{})
 	if err != nil {
@@ -222,7 +223,7 @@ shutdown_timeout_secs = 12
 			BootArgs: "console=ttyS0 quiet", StopTimeoutSecs: 3,
 		},
 		Limits: LimitsConfig{MaxSandboxes: 7, MaxVCPUs: 8, MinMemoryMiB: 256, MaxMemoryMiB: 4096, AllowedDirs: []string{"/srv/k", "/srv/i"}},
-		Daemon: DaemonConfig{LogLevel: "WARN", LogFormat: "json", ShutdownTimeoutSecs: 12},
+		Daemon: DaemonConfig{LogLevel: "WARN", LogFormat: "json", ShutdownTimeoutSecs: 12, OnShutdown: "stop"},
 		Path:   cfg.Path,
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -345,6 +346,7 @@ func TestLoadRejects(t *testing.T) {
 		{"daemon log level", "[daemon]\nlog_level = \"trace\"\n", []string{"daemon.log_level"}},
 		{"log format", "[daemon]\nlog_format = \"xml\"\n", []string{"daemon.log_format"}},
 		{"shutdown timeout", "[daemon]\nshutdown_timeout_secs = 0\n", []string{"daemon.shutdown_timeout_secs"}},
+		{"on shutdown", "[daemon]\non_shutdown = \"kill\"\n", []string{"daemon.on_shutdown"}},
 		{"several", "[daemon]\nlog_format = \"xml\"\nlog_levl = \"x\"\n", []string{"daemon.log_format", `unknown key "daemon.log_levl"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

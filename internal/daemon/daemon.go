@@ -86,10 +86,12 @@ type listener struct {
 	l    net.Listener
 }
 
-// Run starts the daemon and serves until ctx ends, then shuts down: it stops
-// accepting, ends the event streams, lets in-flight calls finish within
-// shutdown_timeout (then cuts them), stops every sandbox, removes the unix
-// socket and returns. It returns nil after a clean shutdown and an error
+// Run starts the daemon and serves until ctx ends, then shuts down. At start
+// it opens the state store (data_dir/state.db) and re-adopts the sandboxes
+// recorded there. At shutdown it stops accepting, ends the event streams,
+// lets in-flight calls finish within shutdown_timeout (then cuts them),
+// leaves the sandboxes running or stops them all ([daemon] on_shutdown),
+// removes the unix socket and returns. It returns nil after a clean shutdown and an error
 // when start-up fails or the shutdown was not clean. Run may be called once.
 func (d *Daemon) Run(ctx context.Context) error {
 	cfg, log := d.cfg, d.log
@@ -134,6 +136,23 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
+	// The durable registry. A file that cannot be opened is an error and
+	// is left exactly as it is: the daemon never wipes it.
+	st, err := store.Open(store.Path(cfg.Firecracker.DataDir), store.Options{})
+	if err != nil {
+		ul.Close()
+		return fmt.Errorf("state store (left untouched; repair or move it away to start afresh): %w", err)
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error("closing the state store", slog.Any("error", err))
+		}
+	}()
+	lastSeq, err := st.LastEventSeq(ctx)
+	if err != nil {
+		ul.Close()
+		return fmt.Errorf("state store: %w", err)
+	}
 	for _, dir := range cfg.AllowedDirs() {
 		if _, err := os.Stat(dir); err != nil {
 			log.Warn("allowed directory is not accessible", slog.String("dir", dir), slog.Any("error", err))
@@ -177,7 +196,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		catalog = c
 	}
 
-	exchange := events.NewExchange(events.Options{})
+	jr := newJournal(st, log)
+	defer jr.close() // after exchange.Close: flush what was published
+	exchange := events.NewExchange(eventOptions(st, jr, log))
+	exchange.SetSeq(lastSeq)
 	defer exchange.Close()
 	mgr, err := d.newManager(sandbox.Config{
 		DataDir:            cfg.Firecracker.DataDir,
@@ -199,10 +221,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 		SnapshotVersion:    fc.SnapshotVersion,
 		Events:             exchange,
 		Logger:             log,
+		Store:              st,
+		OnShutdown:         sandbox.ShutdownMode(cfg.Daemon.OnShutdown),
 	})
 	if err != nil {
 		ul.Close()
 		return fmt.Errorf("sandbox manager: %w", err)
+	}
+	if r, ok := mgr.(recoverer); ok {
+		if err := r.Recover(ctx); err != nil {
+			ul.Close()
+			return errors.Join(fmt.Errorf("recovering sandboxes: %w", err), d.stopManager(ctx, mgr))
+		}
 	}
 
 	hs := health.NewServer()
@@ -285,8 +315,49 @@ func (d *Daemon) stopManager(ctx context.Context, mgr manager) error {
 	if err := mgr.Shutdown(sctx); err != nil {
 		return fmt.Errorf("stopping sandboxes: %w", err)
 	}
-	d.log.Info("all sandboxes stopped")
+	if d.cfg.Daemon.OnShutdown == string(sandbox.ShutdownLeave) {
+		d.log.Info("sandboxes left running for the next start")
+	} else {
+		d.log.Info("all sandboxes stopped")
+	}
 	return nil
+}
+
+// recoverer is implemented by a manager that reloads its registry from
+// the store at start (*sandbox.Manager).
+type recoverer interface {
+	Recover(ctx context.Context) error
+}
+
+// storeTimeout bounds one event write or read of the state store.
+const storeTimeout = 10 * time.Second
+
+// eventOptions makes the exchange persist every event through the journal
+// and resume from the store when its in-memory history does not reach back
+// far enough.
+func eventOptions(st *store.Store, jr *journal, log *slog.Logger) events.Options {
+	return events.Options{
+		Persist: jr.Append,
+		OnPersistError: func(ev events.Event, err error) {
+			log.Error("writing an event to the state store", slog.Uint64("seq", ev.Seq), slog.Any("error", err))
+		},
+		Backfill: func(since uint64) ([]events.Event, bool, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+			defer cancel()
+			recs, ok, err := st.EventsSince(ctx, since)
+			if err != nil {
+				return nil, false, err
+			}
+			evs := make([]events.Event, 0, len(recs))
+			for _, r := range recs {
+				evs = append(evs, events.Event{
+					Seq: r.Seq, SandboxID: r.SandboxID, Action: r.Action, State: r.State, Time: r.Time,
+					Attributes: r.Attributes,
+				})
+			}
+			return evs, ok, nil
+		},
+	}
 }
 
 // removeSocket removes the unix socket (closing the listener usually did).

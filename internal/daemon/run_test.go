@@ -118,6 +118,7 @@ func testConfig(t *testing.T, binary string) Config {
 	cfg.Firecracker.DataDir = filepath.Join(dir, "data")
 	cfg.GRPC.UnixSocket = filepath.Join(dir, "run", "vmm.sock")
 	cfg.Daemon.ShutdownTimeoutSecs = 5
+	cfg.Daemon.OnShutdown = "stop"
 	// Never build the bridge in the machine's own namespace from a test;
 	// networking has its own tests in throwaway namespaces.
 	cfg.Network.Enabled = false

@@ -20,6 +20,7 @@ package events
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"sync"
@@ -79,13 +80,27 @@ type Options struct {
 	History int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Persist, when set, is called by Publish with each event once its
+	// sequence number is assigned, in sequence order, before the event is
+	// delivered (the daemon writes it to the durable store). Its error is
+	// only reported to OnPersistError: the event is published anyway.
+	Persist func(Event) error
+	// OnPersistError receives Persist's errors (default: ignored).
+	OnPersistError func(Event, error)
+	// Backfill, when set, returns the events after since that are older
+	// than the retained history (from the durable store): ok is false when
+	// some of them are gone there too.
+	Backfill func(since uint64) (evs []Event, ok bool, err error)
 }
 
 // Exchange fans events out to subscribers.
 type Exchange struct {
-	buffer  int
-	history int
-	now     func() time.Time
+	buffer    int
+	history   int
+	now       func() time.Time
+	persist   func(Event) error
+	onPersist func(Event, error)
+	backfill  func(since uint64) ([]Event, bool, error)
 
 	// mu guards the fields that follow.
 	mu     sync.Mutex
@@ -106,7 +121,8 @@ func NewExchange(o Options) *Exchange {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Exchange{buffer: o.Buffer, history: o.History, now: o.Now, subs: map[*Subscription]struct{}{}}
+	return &Exchange{buffer: o.Buffer, history: o.History, now: o.Now, subs: map[*Subscription]struct{}{},
+		persist: o.Persist, onPersist: o.OnPersistError, backfill: o.Backfill}
 }
 
 // SetSeq sets the last used sequence number (used when resuming from a
@@ -129,6 +145,11 @@ func (x *Exchange) Publish(ev Event) Event {
 		ev.Time = x.now()
 	}
 	ev.Attributes = maps.Clone(ev.Attributes)
+	if x.persist != nil {
+		if err := x.persist(ev); err != nil && x.onPersist != nil {
+			x.onPersist(ev, err)
+		}
+	}
 	if len(x.ring) == x.history {
 		x.ring = slices.Delete(x.ring, 0, 1)
 	}
@@ -160,9 +181,25 @@ func (x *Exchange) Subscribe(ctx context.Context, f Filter, since uint64) (*Subs
 		return nil, ErrClosed
 	}
 	var replay []Event
-	if since > 0 {
-		if len(x.ring) > 0 && x.ring[0].Seq > since+1 {
-			return nil, ErrHistoryGone
+	if since > 0 && since < x.seq {
+		// The oldest event the ring holds (x.seq+1 when it is empty).
+		oldest := x.seq + 1 - uint64(len(x.ring))
+		if oldest > since+1 {
+			if x.backfill == nil {
+				return nil, ErrHistoryGone
+			}
+			old, ok, err := x.backfill(since)
+			if err != nil {
+				return nil, fmt.Errorf("events since %d: %w", since, err)
+			}
+			if !ok {
+				return nil, ErrHistoryGone
+			}
+			for _, ev := range old {
+				if ev.Seq > since && ev.Seq < oldest && f.Match(ev) {
+					replay = append(replay, ev)
+				}
+			}
 		}
 		for _, ev := range x.ring {
 			if ev.Seq > since && f.Match(ev) {

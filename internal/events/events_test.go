@@ -214,3 +214,59 @@ func TestConcurrentPublishSubscribe(t *testing.T) {
 		s.Close()
 	}
 }
+
+// Persist sees every event in order; Subscribe falls back to Backfill for
+// events older than the in-memory history, and reports a gap there too.
+func TestPersistAndBackfill(t *testing.T) {
+	var stored []Event
+	x := NewExchange(Options{
+		History: 2,
+		Persist: func(ev Event) error { stored = append(stored, ev); return nil },
+		Backfill: func(since uint64) ([]Event, bool, error) {
+			var out []Event
+			for _, ev := range stored {
+				if ev.Seq > since {
+					out = append(out, ev)
+				}
+			}
+			return out, since >= 10, nil // the store keeps seq > 10 only
+		},
+	})
+	defer x.Close()
+	x.SetSeq(10)
+	for i := range 5 {
+		x.Publish(Event{SandboxID: fmt.Sprint(i), Action: "created"})
+	}
+	if len(stored) != 5 || stored[0].Seq != 11 || stored[4].Seq != 15 {
+		t.Fatalf("persisted %v", stored)
+	}
+	tests := []struct {
+		since   uint64
+		want    []uint64
+		wantErr error
+	}{
+		{since: 10, want: []uint64{11, 12, 13, 14, 15}},
+		{since: 12, want: []uint64{13, 14, 15}},
+		{since: 14, want: []uint64{15}},
+		{since: 9, wantErr: ErrHistoryGone},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.since), func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			s, err := x.Subscribe(ctx, Filter{}, tt.since)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("subscribe: %v, want %v", err, tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			for _, want := range tt.want {
+				if ev := recv(t, s); ev.Seq != want {
+					t.Fatalf("got seq %d, want %d", ev.Seq, want)
+				}
+			}
+		})
+	}
+}

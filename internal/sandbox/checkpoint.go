@@ -205,6 +205,7 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 		if snapshotTried {
 			inst.mu.Lock()
 			inst.rec.LastSnapshotID = ""
+			m.persistLocked(inst)
 			inst.mu.Unlock()
 		}
 		inst.log.Error("checkpoint failed", "name", req.Name, "error", err)
@@ -544,8 +545,13 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
+	if err := m.persistNewLocked(ctx, inst); err != nil {
+		cancel()
+		return Sandbox{}, fmt.Errorf("restore: %w", err)
+	}
 	if err := m.register(inst); err != nil {
 		cancel()
+		m.unpersist(inst)
 		return Sandbox{}, err
 	}
 	registered = true

@@ -259,6 +259,7 @@ func (m *fakeMachine) status() vmm.ExitStatus {
 }
 
 func (m *fakeMachine) Pid() int              { return m.pid }
+func (m *fakeMachine) Close() error          { return nil }
 func (m *fakeMachine) Done() <-chan struct{} { return m.done }
 
 func (m *fakeMachine) Wait(ctx context.Context) (vmm.ExitStatus, error) {

@@ -20,6 +20,7 @@ import (
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/ids"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/store"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -106,7 +107,28 @@ type Config struct {
 	// Required with Snapshots: Restore refuses a snapshot whose format
 	// has another major or a greater minor version.
 	SnapshotVersion string
+	// Store, when set, makes the registry durable: every record change is
+	// written to it before the call that made it returns, and Recover
+	// reloads it at start.
+	Store Store
+	// OnShutdown chooses what Shutdown does with the sandboxes:
+	// ShutdownStop (the default when Store is nil) stops and removes
+	// them; ShutdownLeave leaves their VMMs running for the next daemon
+	// to re-adopt (it requires a Store).
+	OnShutdown ShutdownMode
 }
+
+// ShutdownMode is what Manager.Shutdown does with the sandboxes.
+type ShutdownMode string
+
+// The shutdown modes.
+const (
+	// ShutdownStop stops and removes every sandbox.
+	ShutdownStop ShutdownMode = "stop"
+	// ShutdownLeave leaves every VMM running and every record in the
+	// store.
+	ShutdownLeave ShutdownMode = "leave"
+)
 
 // Networker gives sandboxes their network. It is implemented by
 // *network.Manager.
@@ -173,6 +195,17 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	switch cfg.OnShutdown {
+	case "":
+		cfg.OnShutdown = ShutdownStop
+	case ShutdownStop:
+	case ShutdownLeave:
+		if cfg.Store == nil {
+			add("on shutdown %q needs a store to re-adopt the sandboxes from", cfg.OnShutdown)
+		}
+	default:
+		add("on shutdown %q: want %q or %q", cfg.OnShutdown, ShutdownLeave, ShutdownStop)
 	}
 	cfg.SnapshotVersion = strings.TrimPrefix(strings.TrimSpace(cfg.SnapshotVersion), "v")
 	cfg.FirecrackerVersion = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(cfg.FirecrackerVersion), "Firecracker "), "v")
@@ -248,6 +281,9 @@ type instance struct {
 	vm      machine     // nil when no VMM runs (or before READY)
 	ttl     *time.Timer // nil without TTL
 	removed bool
+	// pidStart is the VMM's process start time (store.ProcessStartTime),
+	// 0 when no VMM runs or it is unknown.
+	pidStart uint64
 }
 
 // lock takes the operation lock or fails when ctx ends first.
@@ -435,8 +471,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
+	if err := m.persistNewLocked(ctx, inst); err != nil {
+		cancel()
+		return Sandbox{}, fmt.Errorf("create: %w", err)
+	}
 	if err := m.register(inst); err != nil {
 		cancel()
+		m.unpersist(inst)
 		return Sandbox{}, err
 	}
 	registered = true
@@ -552,6 +593,13 @@ func (m *Manager) run(ctx context.Context, inst *instance, what string, start st
 	if !ok {
 		return
 	}
+	m.watch(ctx, inst, mach)
+}
+
+// watch waits for a running VMM to exit on its own and records the exit
+// (stopped or failed, with an event), or returns when ctx is cancelled (by
+// Stop or Remove, which then own the VMM).
+func (m *Manager) watch(ctx context.Context, inst *instance, mach machine) {
 	select {
 	case <-mach.Done():
 	case <-ctx.Done():
@@ -571,6 +619,11 @@ func (m *Manager) run(ctx context.Context, inst *instance, what string, start st
 	inst.rec.Process.PID = 0
 	inst.rec.StoppedAt = m.now()
 	attrs := exitAttrs(st)
+	// A re-adopted VMM has no launcher cleanup attached: remove its jail
+	// here (idempotent for a VMM whose own cleanup already did).
+	if err := m.releaseJail(inst.id, inst.limits); err != nil {
+		attrs["error"] = err.Error()
+	}
 	to := StateFailed
 	switch {
 	case err != nil:
@@ -623,6 +676,10 @@ func (m *Manager) boot(ctx context.Context, inst *instance, what string, startVM
 	inst.vm = mach
 	inst.rec.ReadyAt = m.now()
 	inst.rec.Process.PID = mach.Pid()
+	inst.pidStart = 0
+	if t, err := store.ProcessStartTime(mach.Pid()); err == nil {
+		inst.pidStart = t
+	}
 	m.transitionLocked(inst, StateReady, ActionReady, map[string]string{
 		"pid": strconv.Itoa(mach.Pid()), what + "_ms": strconv.FormatInt(inst.rec.ReadyAt.Sub(start).Milliseconds(), 10),
 	})
@@ -658,6 +715,10 @@ func exitAttrs(st vmm.ExitStatus) map[string]string {
 // publishLocked publishes an event about inst in its current state.
 // inst.mu must be held, which keeps each sandbox's events in order.
 func (m *Manager) publishLocked(inst *instance, action string, attrs map[string]string) {
+	if action != ActionCreated && action != ActionRestored {
+		// A new sandbox's record was written before it was registered.
+		m.persistLocked(inst)
+	}
 	m.events.Publish(events.Event{
 		SandboxID: inst.id, Action: action, State: string(inst.rec.State), Time: m.now(), Attributes: attrs,
 	})
@@ -956,12 +1017,14 @@ func (m *Manager) expire(id string) {
 	}
 }
 
-// Shutdown stops every sandbox (gracefully within Config.StopTimeout, in
-// parallel), removes it and everything it holds (the registry is in memory
-// only, so nothing would own the files after a restart), and waits for all
-// background work. When ctx ends first, the remaining VMMs are killed
-// instead of waited for, and ctx's error is returned. Create fails with
-// ErrUnavailable from now on.
+// Shutdown ends the manager. In ShutdownStop mode it stops every sandbox
+// (gracefully within Config.StopTimeout, in parallel) and removes it and
+// everything it holds, its store record included; when ctx ends first, the
+// remaining VMMs are killed instead of waited for, and ctx's error is
+// returned. In ShutdownLeave mode it only ends the background work and
+// closes the VMM handles: the VMMs keep running and Recover re-adopts them
+// at the next start. Either way it waits for all background work, and
+// Create fails with ErrUnavailable from now on.
 func (m *Manager) Shutdown(ctx context.Context) error {
 	m.mu.Lock()
 	if m.closing {
@@ -976,6 +1039,9 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	m.closing = true
 	insts := slices.Collect(maps.Values(m.sandboxes))
 	m.mu.Unlock()
+	if m.cfg.OnShutdown == ShutdownLeave {
+		return m.leave(ctx, insts)
+	}
 	m.log.Info("stopping all sandboxes", "count", len(insts))
 
 	var wg sync.WaitGroup
@@ -1004,8 +1070,8 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 					return
 				}
 			}
-			// The registry lives in memory only: release the sandbox's
-			// files too, or they would be orphaned by the next start.
+			// "stop" mode ends with nothing: release the sandbox's files
+			// and its record too.
 			if err := m.removeLocked(context.WithoutCancel(ctx), inst, true, "daemon shutdown"); err != nil {
 				inst.log.Error("removing sandbox at shutdown", "error", err)
 			}
@@ -1018,5 +1084,43 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("sandbox manager shutdown: graceful stops cut short: %w", err)
 	}
+	return nil
+}
+
+// leave is Shutdown in ShutdownLeave mode: every TTL timer and watcher
+// ends and every VMM handle is closed, but the VMMs keep running and their
+// records stay in the store for the next Recover. A sandbox still booting
+// has its boot cancelled (it is recorded as failed).
+func (m *Manager) leave(ctx context.Context, insts []*instance) error {
+	m.log.Info("leaving sandboxes running", "count", len(insts))
+	var wg sync.WaitGroup
+	for _, inst := range insts {
+		inst.mu.Lock()
+		if inst.ttl != nil {
+			inst.ttl.Stop()
+		}
+		inst.mu.Unlock()
+		wg.Go(func() {
+			if err := inst.lock(context.WithoutCancel(ctx)); err != nil {
+				return
+			}
+			defer inst.unlock()
+			inst.cancel()
+			<-inst.done
+			inst.mu.Lock()
+			mach := inst.vm
+			inst.vm = nil
+			inst.mu.Unlock()
+			if mach != nil {
+				if err := mach.Close(); err != nil {
+					inst.log.Warn("closing the VMM handle", "error", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	m.wg.Wait()
+	m.baseCancel()
+	close(m.shutdownDone)
 	return nil
 }

@@ -38,6 +38,9 @@ type machine interface {
 	// CreateSnapshot writes a snapshot of the paused microVM; the paths
 	// in p are host paths.
 	CreateSnapshot(ctx context.Context, p firecracker.SnapshotCreateParams) error
+	// Close releases the handle (connections, pidfd) and leaves the VMM
+	// running.
+	Close() error
 }
 
 // vmmRuntime starts Firecracker through vmm.Start / vmm.Restore and a
@@ -75,6 +78,7 @@ func (m vmMachine) Wait(ctx context.Context) (vmm.ExitStatus, error) {
 func (m vmMachine) Shutdown(ctx context.Context) (vmm.ExitStatus, error) {
 	return m.vm.Shutdown(ctx)
 }
+func (m vmMachine) Close() error                                     { return m.vm.Close() }
 func (m vmMachine) Kill(ctx context.Context) (vmm.ExitStatus, error) { return m.vm.Kill(ctx) }
 func (m vmMachine) Pause(ctx context.Context) error                  { return m.vm.Pause(ctx) }
 func (m vmMachine) Resume(ctx context.Context) error                 { return m.vm.Resume(ctx) }

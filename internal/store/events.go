@@ -16,41 +16,65 @@ import (
 // trimmed. It is durable when it returns.
 func (s *Store) AppendEvent(ctx context.Context, ev EventRecord) (EventRecord, error) {
 	err := s.update(ctx, func(root *bolt.Bucket) error {
-		next := decodeU64(root.Get(keyEventSeq)) + 1
-		if ev.Seq != 0 && ev.Seq != next {
-			return fmt.Errorf("sequence %d, want %d: %w", ev.Seq, next, errdefs.ErrInvalidArgument)
-		}
-		ev.Seq = next
-		data, err := json.Marshal(ev)
-		if err != nil {
-			return fmt.Errorf("encode: %w", err)
-		}
-		b := root.Bucket(bktEvents)
-		if err := b.Put(u64(next), data); err != nil {
-			return err
-		}
-		if err := root.Put(keyEventSeq, u64(next)); err != nil {
-			return err
-		}
-		if next <= s.history {
-			return nil
-		}
-		// Keep seqs (next-history, next]; usually this deletes one key.
-		cut := next - s.history
-		var doomed [][]byte
-		c := b.Cursor()
-		for k, _ := c.First(); k != nil && decodeU64(k) <= cut; k, _ = c.Next() {
-			doomed = append(doomed, append([]byte(nil), k...))
-		}
-		for _, k := range doomed {
-			if err := b.Delete(k); err != nil {
+		var err error
+		ev, err = s.appendEvent(root, ev)
+		return err
+	})
+	if err != nil {
+		return EventRecord{}, fmt.Errorf("append event: %w", err)
+	}
+	return ev, nil
+}
+
+// AppendEvents appends several events in one transaction (one fsync), with
+// AppendEvent's rules for each, in order.
+func (s *Store) AppendEvents(ctx context.Context, evs []EventRecord) error {
+	err := s.update(ctx, func(root *bolt.Bucket) error {
+		for _, ev := range evs {
+			if _, err := s.appendEvent(root, ev); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return EventRecord{}, fmt.Errorf("append event: %w", err)
+		return fmt.Errorf("append events: %w", err)
+	}
+	return nil
+}
+
+// appendEvent appends ev inside a write transaction and trims the history.
+func (s *Store) appendEvent(root *bolt.Bucket, ev EventRecord) (EventRecord, error) {
+	next := decodeU64(root.Get(keyEventSeq)) + 1
+	if ev.Seq != 0 && ev.Seq != next {
+		return ev, fmt.Errorf("sequence %d, want %d: %w", ev.Seq, next, errdefs.ErrInvalidArgument)
+	}
+	ev.Seq = next
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return ev, fmt.Errorf("encode: %w", err)
+	}
+	b := root.Bucket(bktEvents)
+	if err := b.Put(u64(next), data); err != nil {
+		return ev, err
+	}
+	if err := root.Put(keyEventSeq, u64(next)); err != nil {
+		return ev, err
+	}
+	if next <= s.history {
+		return ev, nil
+	}
+	// Keep seqs (next-history, next]; usually this deletes one key.
+	cut := next - s.history
+	var doomed [][]byte
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil && decodeU64(k) <= cut; k, _ = c.Next() {
+		doomed = append(doomed, append([]byte(nil), k...))
+	}
+	for _, k := range doomed {
+		if err := b.Delete(k); err != nil {
+			return ev, err
+		}
 	}
 	return ev, nil
 }

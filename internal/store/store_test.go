@@ -573,3 +573,30 @@ func TestBadRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestAppendEventsBatch(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "state.db"), Options{EventHistory: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	batch := []EventRecord{{Seq: 1, Action: "a"}, {Seq: 2, Action: "b"}, {Seq: 3, Action: "c"}, {Seq: 4, Action: "d"}}
+	if err := s.AppendEvents(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	if seq, err := s.LastEventSeq(ctx); err != nil || seq != 4 {
+		t.Fatalf("LastEventSeq = %d, %v", seq, err)
+	}
+	evs, ok, err := s.EventsSince(ctx, 1)
+	if err != nil || !ok || len(evs) != 3 || evs[0].Action != "b" {
+		t.Fatalf("EventsSince(1) = %v %v %v", evs, ok, err)
+	}
+	// A gap in a batch rolls the whole batch back.
+	if err := s.AppendEvents(ctx, []EventRecord{{Seq: 5}, {Seq: 7}}); err == nil {
+		t.Fatal("a batch with a gap was accepted")
+	}
+	if seq, _ := s.LastEventSeq(ctx); seq != 4 {
+		t.Fatalf("a failed batch left seq %d", seq)
+	}
+}

@@ -51,6 +51,9 @@ type options struct {
 	emuEnv []string
 	// extra is appended to the config file.
 	extra string
+	// onShutdown is [daemon] on_shutdown; empty means "stop", which the
+	// cleanup's checks (no process left) rely on.
+	onShutdown string
 	// defaults replaces the [defaults] section body when set.
 	defaults string
 	// network is the [network] section body; empty disables networking
@@ -112,8 +115,12 @@ func startDaemonAt(t *testing.T, dir string, o options) *daemon {
 	if netConf == "" {
 		netConf = "enabled = false\n"
 	}
-	conf := fmt.Sprintf("[firecracker]\nbinary = %q\ndata_dir = %q\nlog_level = \"Info\"\n\n[grpc]\nunix_socket = %q\n\n[network]\n%s\n[defaults]\n%s\n%s\n",
-		binary, d.data, d.sock, netConf, defaults, o.extra)
+	onShutdown := o.onShutdown
+	if onShutdown == "" {
+		onShutdown = "stop"
+	}
+	conf := fmt.Sprintf("[firecracker]\nbinary = %q\ndata_dir = %q\nlog_level = \"Info\"\n\n[grpc]\nunix_socket = %q\n\n[daemon]\non_shutdown = %q\n\n[network]\n%s\n[defaults]\n%s\n%s\n",
+		binary, d.data, d.sock, onShutdown, netConf, defaults, o.extra)
 	d.netns = o.netns
 	writeFile(t, d.config, conf, 0)
 	d.start()

@@ -1,0 +1,175 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/store"
+)
+
+// Store is the durable state the manager writes every record change
+// through before the call that made it returns. It is implemented by
+// *store.Store.
+type Store interface {
+	// PutSandbox creates or replaces a sandbox record.
+	PutSandbox(ctx context.Context, rec store.SandboxRecord) error
+	// DeleteSandbox deletes a sandbox record and its leases.
+	DeleteSandbox(ctx context.Context, id string) error
+	// ListSandboxes returns every sandbox record.
+	ListSandboxes(ctx context.Context) ([]store.SandboxRecord, error)
+	// PutLease records that an address belongs to a sandbox.
+	PutLease(ctx context.Context, l store.Lease) error
+}
+
+// storeTimeout bounds one store write made on behalf of a state change.
+const storeTimeout = 10 * time.Second
+
+// recordOf converts inst's record into its persisted form. inst.mu must be
+// held.
+func recordOf(inst *instance) store.SandboxRecord {
+	s := inst.rec
+	return store.SandboxRecord{
+		ID:     s.ID,
+		Labels: maps.Clone(s.Labels),
+		State:  string(s.State),
+		Hardware: store.HardwareRecord{
+			VCPUs: s.Hardware.VCPUs, MemoryMiB: s.Hardware.MemoryMiB,
+			Kernel: s.Hardware.Kernel, Initrd: s.Hardware.Initrd, Rootfs: s.Hardware.Rootfs,
+			Disk: s.Hardware.Disk, BootArgs: s.Hardware.BootArgs, TrackDirtyPages: s.Hardware.TrackDirtyPages,
+		},
+		Network: store.NetworkRecord{
+			TAP: s.Network.TAP, MAC: s.Network.MAC, IP: s.Network.IP, Gateway: s.Network.Gateway,
+			DNS: slices.Clone(s.Network.DNS), Netns: s.Network.Netns, GuestIP: s.Network.GuestIP,
+			PrefixLen: s.Network.PrefixLen,
+		},
+		Process: store.ProcessRecord{
+			PID: s.Process.PID, PIDStartTime: startTimeIf(s.Process.PID, inst.pidStart), InstanceID: s.ID,
+			APISocket: s.Process.APISocket, LogPath: s.Process.LogPath, MetricsPath: s.Process.MetricsPath,
+			ConsolePath: s.Process.ConsolePath, VsockPath: s.Process.VsockPath,
+			Jailed: s.Process.Jailed, JailID: s.ID, Chroot: s.Process.Chroot,
+			UID: s.Process.UID, GID: s.Process.GID, Cgroup: s.Process.Cgroup,
+		},
+		Dir:            s.Dir,
+		CreatedAt:      s.CreatedAt,
+		ReadyAt:        s.ReadyAt,
+		StoppedAt:      s.StoppedAt,
+		TTL:            s.TTL,
+		ExpiresAt:      s.ExpiresAt,
+		FailureReason:  s.FailureReason,
+		RestoredFrom:   s.RestoredFrom,
+		LastPause:      s.LastPause,
+		LastSnapshotID: s.LastSnapshotID,
+	}
+}
+
+// sandboxOf converts a persisted record back into a Sandbox.
+func sandboxOf(r store.SandboxRecord) Sandbox {
+	labels := maps.Clone(r.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	return Sandbox{
+		ID:     r.ID,
+		Labels: labels,
+		State:  State(r.State),
+		Hardware: Hardware{
+			VCPUs: r.Hardware.VCPUs, MemoryMiB: r.Hardware.MemoryMiB,
+			Kernel: r.Hardware.Kernel, Initrd: r.Hardware.Initrd, Rootfs: r.Hardware.Rootfs,
+			Disk: r.Hardware.Disk, BootArgs: r.Hardware.BootArgs, TrackDirtyPages: r.Hardware.TrackDirtyPages,
+		},
+		Network: Network{
+			TAP: r.Network.TAP, MAC: r.Network.MAC, IP: r.Network.IP, Gateway: r.Network.Gateway,
+			DNS: slices.Clone(r.Network.DNS), Netns: r.Network.Netns, GuestIP: r.Network.GuestIP,
+			PrefixLen: r.Network.PrefixLen,
+		},
+		Process: Process{
+			PID: r.Process.PID, APISocket: r.Process.APISocket, LogPath: r.Process.LogPath,
+			MetricsPath: r.Process.MetricsPath, ConsolePath: r.Process.ConsolePath,
+			Jailed: r.Process.Jailed, Chroot: r.Process.Chroot, UID: r.Process.UID, GID: r.Process.GID,
+			Cgroup: r.Process.Cgroup, VsockPath: r.Process.VsockPath,
+		},
+		Dir:            r.Dir,
+		CreatedAt:      r.CreatedAt,
+		ReadyAt:        r.ReadyAt,
+		StoppedAt:      r.StoppedAt,
+		TTL:            r.TTL,
+		ExpiresAt:      r.ExpiresAt,
+		FailureReason:  r.FailureReason,
+		RestoredFrom:   r.RestoredFrom,
+		LastPause:      r.LastPause,
+		LastSnapshotID: r.LastSnapshotID,
+	}
+}
+
+// persistNewLocked writes a new sandbox's record and its address lease,
+// before the sandbox is registered. inst.mu must be held.
+func (m *Manager) persistNewLocked(ctx context.Context, inst *instance) error {
+	if m.cfg.Store == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+	defer cancel()
+	if ip := inst.rec.Network.IP; ip != "" {
+		addr, err := netip.ParseAddr(ip)
+		if err != nil {
+			return fmt.Errorf("sandbox %s: address %q: %w", inst.id, ip, err)
+		}
+		if err := m.cfg.Store.PutLease(ctx, store.Lease{IP: addr, SandboxID: inst.id}); err != nil {
+			return fmt.Errorf("sandbox %s: recording its lease: %w", inst.id, err)
+		}
+	}
+	if err := m.cfg.Store.PutSandbox(ctx, recordOf(inst)); err != nil {
+		return fmt.Errorf("sandbox %s: recording it: %w", inst.id, err)
+	}
+	return nil
+}
+
+// unpersist deletes a record written by persistNewLocked for a sandbox that
+// was not registered after all.
+func (m *Manager) unpersist(inst *instance) {
+	if m.cfg.Store == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	if err := m.cfg.Store.DeleteSandbox(ctx, inst.id); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		inst.log.Error("deleting the record of an unregistered sandbox", "error", err)
+	}
+}
+
+// persistLocked writes inst's record after a change (or deletes it once
+// the sandbox is removed). A failure is logged: the in-memory state has
+// already changed and the VMM cannot be un-started. inst.mu must be held,
+// which keeps the writes of one sandbox in order.
+func (m *Manager) persistLocked(inst *instance) {
+	if m.cfg.Store == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	var err error
+	if inst.removed {
+		if err = m.cfg.Store.DeleteSandbox(ctx, inst.id); errors.Is(err, errdefs.ErrNotFound) {
+			err = nil
+		}
+	} else {
+		err = m.cfg.Store.PutSandbox(ctx, recordOf(inst))
+	}
+	if err != nil {
+		inst.log.Error("writing the sandbox record to the store", "error", err)
+	}
+}
+
+// startTimeIf returns t when a VMM runs (pid != 0), else 0.
+func startTimeIf(pid int, t uint64) uint64 {
+	if pid == 0 {
+		return 0
+	}
+	return t
+}
