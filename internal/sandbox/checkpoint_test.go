@@ -259,6 +259,9 @@ func TestCheckpointFailuresFake(t *testing.T) {
 				t.Errorf("paused %v, want %v", p, tt.paused)
 			}
 			e.assertNoPartialSnapshot(t, 1)
+			// Events reach the recorder asynchronously: wait for the first
+			// checkpoint's before counting.
+			e.rec.wait(t, s.ID, ActionCheckpointed, 5*time.Second)
 			if len(e.rec.of(s.ID)) != 3 { // created, ready, checkpointed (the first)
 				t.Errorf("events %v", e.rec.actions(s.ID))
 			}
