@@ -178,6 +178,21 @@ func snapshotViewOf(s *sandboxv1.Snapshot) snapshotView {
 }
 
 // writeJSON writes v indented, with a final newline.
+// writeList prints items sorted by id, as a JSON array of their views or as
+// a table.
+func writeList[T interface{ GetId() string }, V any](w io.Writer, output outputFormat, items []T, view func(T) V,
+	table func(io.Writer, []T, time.Time) error) error {
+	slices.SortStableFunc(items, func(x, y T) int { return strings.Compare(x.GetId(), y.GetId()) })
+	if output == formatJSON {
+		views := make([]V, 0, len(items))
+		for _, it := range items {
+			views = append(views, view(it))
+		}
+		return writeJSON(w, views)
+	}
+	return table(w, items, time.Now())
+}
+
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

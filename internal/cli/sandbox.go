@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -180,15 +179,7 @@ func (a *app) listCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				slices.SortStableFunc(sbs, func(x, y *sandboxv1.Sandbox) int { return strings.Compare(x.GetId(), y.GetId()) })
-				if output == formatJSON {
-					views := make([]sandboxView, 0, len(sbs))
-					for _, sb := range sbs {
-						views = append(views, viewOf(sb))
-					}
-					return writeJSON(a.stdout, views)
-				}
-				return writeSandboxTable(a.stdout, sbs, time.Now())
+				return writeList(a.stdout, output, sbs, viewOf, writeSandboxTable)
 			})
 		}),
 	}

@@ -2,9 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"slices"
-	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -85,15 +82,7 @@ func (a *app) snapshotListCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				slices.SortStableFunc(snaps, func(x, y *sandboxv1.Snapshot) int { return strings.Compare(x.GetId(), y.GetId()) })
-				if output == formatJSON {
-					views := make([]snapshotView, 0, len(snaps))
-					for _, s := range snaps {
-						views = append(views, snapshotViewOf(s))
-					}
-					return writeJSON(a.stdout, views)
-				}
-				return writeSnapshotTable(a.stdout, snaps, time.Now())
+				return writeList(a.stdout, output, snaps, snapshotViewOf, writeSnapshotTable)
 			})
 		}),
 	}

@@ -1043,44 +1043,25 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 		return m.leave(ctx, insts)
 	}
 	m.log.Info("stopping all sandboxes", "count", len(insts))
-
-	var wg sync.WaitGroup
-	for _, inst := range insts {
+	m.eachLocked(ctx, insts, func(inst *instance) {
 		inst.mu.Lock()
-		if inst.ttl != nil {
-			inst.ttl.Stop()
-		}
+		removed, final := inst.removed, inst.rec.State.Final()
 		inst.mu.Unlock()
-		wg.Go(func() {
-			// Not bounded by ctx: the stop itself turns into a kill when
-			// ctx ends, and must complete.
-			if err := inst.lock(context.WithoutCancel(ctx)); err != nil {
+		if removed {
+			return
+		}
+		if !final {
+			if err := m.stopLocked(ctx, inst, m.cfg.StopTimeout, false, "daemon shutdown"); err != nil {
+				inst.log.Error("stopping sandbox at shutdown", "error", err)
 				return
 			}
-			defer inst.unlock()
-			inst.mu.Lock()
-			removed, final := inst.removed, inst.rec.State.Final()
-			inst.mu.Unlock()
-			if removed {
-				return
-			}
-			if !final {
-				if err := m.stopLocked(ctx, inst, m.cfg.StopTimeout, false, "daemon shutdown"); err != nil {
-					inst.log.Error("stopping sandbox at shutdown", "error", err)
-					return
-				}
-			}
-			// "stop" mode ends with nothing: release the sandbox's files
-			// and its record too.
-			if err := m.removeLocked(context.WithoutCancel(ctx), inst, true, "daemon shutdown"); err != nil {
-				inst.log.Error("removing sandbox at shutdown", "error", err)
-			}
-		})
-	}
-	wg.Wait()
-	m.wg.Wait()
-	m.baseCancel()
-	close(m.shutdownDone)
+		}
+		// "stop" mode ends with nothing: release the sandbox's files
+		// and its record too.
+		if err := m.removeLocked(context.WithoutCancel(ctx), inst, true, "daemon shutdown"); err != nil {
+			inst.log.Error("removing sandbox at shutdown", "error", err)
+		}
+	})
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("sandbox manager shutdown: graceful stops cut short: %w", err)
 	}
@@ -1093,6 +1074,27 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 // has its boot cancelled (it is recorded as failed).
 func (m *Manager) leave(ctx context.Context, insts []*instance) error {
 	m.log.Info("leaving sandboxes running", "count", len(insts))
+	m.eachLocked(ctx, insts, func(inst *instance) {
+		inst.cancel()
+		<-inst.done
+		inst.mu.Lock()
+		mach := inst.vm
+		inst.vm = nil
+		inst.mu.Unlock()
+		if mach != nil {
+			if err := mach.Close(); err != nil {
+				inst.log.Warn("closing the VMM handle", "error", err)
+			}
+		}
+	})
+	return nil
+}
+
+// eachLocked is the common part of both shutdown modes: it stops every TTL
+// timer, runs fn on every instance in parallel with its operation lock held
+// (waiting for the lock is not bounded by ctx: the work must complete), then
+// waits for all background goroutines and marks the shutdown done.
+func (m *Manager) eachLocked(ctx context.Context, insts []*instance, fn func(*instance)) {
 	var wg sync.WaitGroup
 	for _, inst := range insts {
 		inst.mu.Lock()
@@ -1105,22 +1107,11 @@ func (m *Manager) leave(ctx context.Context, insts []*instance) error {
 				return
 			}
 			defer inst.unlock()
-			inst.cancel()
-			<-inst.done
-			inst.mu.Lock()
-			mach := inst.vm
-			inst.vm = nil
-			inst.mu.Unlock()
-			if mach != nil {
-				if err := mach.Close(); err != nil {
-					inst.log.Warn("closing the VMM handle", "error", err)
-				}
-			}
+			fn(inst)
 		})
 	}
 	wg.Wait()
 	m.wg.Wait()
 	m.baseCancel()
 	close(m.shutdownDone)
-	return nil
 }
