@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -62,7 +63,11 @@ flags below override the file.`,
 				return err
 			}
 			log := NewLogger(logOut, cfg.Daemon.LogLevel, cfg.Daemon.LogFormat)
-			return New(cfg, log).Run(cmd.Context())
+			d := New(cfg, log)
+			if err := d.SetCrashPoint(os.Getenv(CrashEnv)); err != nil {
+				return err
+			}
+			return d.Run(cmd.Context())
 		},
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -47,6 +48,42 @@ type Daemon struct {
 	tcpAddr net.Addr
 	// newManager builds the sandbox manager (tests substitute a fake).
 	newManager func(sandbox.Config) (manager, error)
+	// crashAt is the crash point (sandbox.CrashPoints) at which the
+	// daemon kills itself; empty for none.
+	crashAt string
+}
+
+// CrashEnv names the environment variable that makes vmm-daemon kill
+// itself with SIGKILL when it reaches a crash point (one of
+// sandbox.CrashPoints). Crash-recovery tests use it; it is never set in
+// production.
+const CrashEnv = "VMM_CRASH_AT"
+
+// SetCrashPoint makes the daemon kill itself with SIGKILL at point, one of
+// sandbox.CrashPoints ("" for none).
+func (d *Daemon) SetCrashPoint(point string) error {
+	if point != "" && !sandbox.ValidCrashPoint(point) {
+		return fmt.Errorf("%s=%q: want one of %s", CrashEnv, point, strings.Join(sandbox.CrashPoints, ", "))
+	}
+	d.crashAt = point
+	return nil
+}
+
+// crashHook returns the manager's CrashPoint hook, nil without a crash
+// point.
+func (d *Daemon) crashHook() func(string) {
+	if d.crashAt == "" {
+		return nil
+	}
+	d.log.Warn("this daemon will kill itself at a crash point (testing only)", slog.String("point", d.crashAt))
+	return func(point string) {
+		if point != d.crashAt {
+			return
+		}
+		d.log.Warn("crash point reached: killing the daemon", slog.String("point", point))
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // SIGKILL cannot be caught: the process ends here
+	}
 }
 
 // New returns a Daemon for a loaded configuration. log may be nil
@@ -223,6 +260,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Logger:             log,
 		Store:              st,
 		OnShutdown:         sandbox.ShutdownMode(cfg.Daemon.OnShutdown),
+		CrashPoint:         d.crashHook(),
 	})
 	if err != nil {
 		ul.Close()

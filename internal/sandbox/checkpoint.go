@@ -178,6 +178,7 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 			return "pause", err
 		}
 		pausedAt = time.Now()
+		m.crash(CrashCheckpointPaused)
 		snapshotTried = true
 		err := mach.CreateSnapshot(ctx, firecracker.SnapshotCreateParams{
 			SnapshotPath: stateWrite, MemFilePath: memWrite, SnapshotType: fcType,
@@ -190,9 +191,13 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 		if err := m.cloneDisk(ctx, rec.Hardware.Disk, p.DiskPath); err != nil {
 			return "disk copy", err
 		}
+		m.crash(CrashCheckpointWritten)
 		return "", nil
 	}()
 	resumeErr := m.resume(ctx, inst, mach)
+	if resumeErr == nil && stepErr == nil {
+		m.crash(CrashCheckpointResumed)
+	}
 	var pause time.Duration
 	if !pausedAt.IsZero() {
 		pause = time.Since(pausedAt)
@@ -269,6 +274,7 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 	if err != nil {
 		return fail(checkpointError("commit", err))
 	}
+	m.crash(CrashCheckpointCommitted)
 
 	inst.mu.Lock()
 	inst.rec.LastPause = pause
@@ -480,6 +486,7 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 		}
 	}
 	unpin() // the sandbox no longer reads the catalog's files
+	m.crash(CrashRestoreFiles)
 
 	var att network.Attachment
 	if meta.Network != nil {
@@ -493,6 +500,7 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 				}
 			}
 		}()
+		m.crash(CrashRestoreNetwork)
 	}
 
 	now := m.now()
@@ -549,6 +557,7 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 		cancel()
 		return Sandbox{}, fmt.Errorf("restore: %w", err)
 	}
+	m.crash(CrashRestoreRecorded)
 	if err := m.register(inst); err != nil {
 		cancel()
 		m.unpersist(inst)

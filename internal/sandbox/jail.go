@@ -21,6 +21,11 @@ type Jailer interface {
 	// Cleanup removes the jail of id and the cgroups of limits; it is
 	// idempotent and must only run once no VMM of id is left.
 	Cleanup(id string, limits vmm.Limits) error
+	// JailsDir returns the directory holding one jail directory per id
+	// (<chroot_base>/<exec name>).
+	JailsDir() (string, error)
+	// Processes returns the pids of the processes in the jail's cgroups.
+	Processes(id string) ([]int, error)
 }
 
 var _ Jailer = (*vmm.JailerLauncher)(nil)

@@ -116,6 +116,10 @@ type Config struct {
 	// them; ShutdownLeave leaves their VMMs running for the next daemon
 	// to re-adopt (it requires a Store).
 	OnShutdown ShutdownMode
+	// CrashPoint, when set, is called at each named step of the
+	// lifecycle (CrashPoints). Tests use it to kill the daemon there; it
+	// must not block for long.
+	CrashPoint func(point string)
 }
 
 // ShutdownMode is what Manager.Shutdown does with the sandboxes.
@@ -281,6 +285,9 @@ type instance struct {
 	vm      machine     // nil when no VMM runs (or before READY)
 	ttl     *time.Timer // nil without TTL
 	removed bool
+	// removing is set (and stored) once a removal has stopped the VMM and
+	// begins releasing the sandbox's resources; Recover finishes it.
+	removing bool
 	// pidStart is the VMM's process start time (store.ProcessStartTime),
 	// 0 when no VMM runs or it is unknown.
 	pidStart uint64
@@ -374,6 +381,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	registered := false
 	defer func() { slot.release(registered) }()
 	id, dir, log := slot.id, slot.dir, slot.log
+	m.crash(CrashCreateDir)
 	proc := Process{
 		APISocket:   filepath.Join(dir, SocketName),
 		LogPath:     filepath.Join(dir, LogName),
@@ -410,6 +418,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		}
 	}
 	log.Debug("rootfs copied", "source", p.rootfs, "disk", diskPath, "method", string(method))
+	m.crash(CrashCreateDisk)
 
 	var att network.Attachment
 	if m.cfg.Network != nil {
@@ -423,6 +432,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 				}
 			}
 		}()
+		m.crash(CrashCreateNetwork)
 	}
 
 	now := m.now()
@@ -475,6 +485,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		cancel()
 		return Sandbox{}, fmt.Errorf("create: %w", err)
 	}
+	m.crash(CrashCreateRecorded)
 	if err := m.register(inst); err != nil {
 		cancel()
 		m.unpersist(inst)
@@ -648,6 +659,9 @@ func (m *Manager) boot(ctx context.Context, inst *instance, what string, startVM
 	defer cancel()
 	start := m.now()
 	mach, err := startVM(bctx)
+	if err == nil {
+		m.crash(what + ".started")
+	}
 	var jailErr error
 	if err != nil {
 		// Nothing runs: the jail goes (a failed launch removed it already).
@@ -714,14 +728,22 @@ func exitAttrs(st vmm.ExitStatus) map[string]string {
 
 // publishLocked publishes an event about inst in its current state.
 // inst.mu must be held, which keeps each sandbox's events in order.
+//
+// The record is written after the event is handed to the exchange but
+// before inst.mu is released: an RPC that made the change still returns
+// only once it is durable, writes of one sandbox stay in order, and a
+// subscriber waiting for a background change (a boot's ready) does not
+// wait for the fsync. A daemon that dies in between loses no state Recover
+// cannot rebuild: a ready VMM whose record still says starting is found by
+// its directory and re-adopted.
 func (m *Manager) publishLocked(inst *instance, action string, attrs map[string]string) {
+	m.events.Publish(events.Event{
+		SandboxID: inst.id, Action: action, State: string(inst.rec.State), Time: m.now(), Attributes: attrs,
+	})
 	if action != ActionCreated && action != ActionRestored {
 		// A new sandbox's record was written before it was registered.
 		m.persistLocked(inst)
 	}
-	m.events.Publish(events.Event{
-		SandboxID: inst.id, Action: action, State: string(inst.rec.State), Time: m.now(), Attributes: attrs,
-	})
 }
 
 // transitionLocked moves inst to state to and publishes action. A move the
@@ -881,6 +903,7 @@ func (m *Manager) stopLocked(ctx context.Context, inst *instance, timeout time.D
 	}
 	inst.mu.Unlock()
 	inst.log.Info("stopping sandbox", "from", string(from), "timeout", timeout, "force", force, "reason", reason)
+	m.crash(CrashStopStopping)
 
 	// End the background goroutine: a boot is cancelled (vmm.Start kills
 	// and reaps a half-started VMM); a watcher returns. Either way this
@@ -913,6 +936,7 @@ func (m *Manager) stopLocked(ctx context.Context, inst *instance, timeout time.D
 	} else if from == StateStarting {
 		attrs["boot_cancelled"] = "true"
 	}
+	m.crash(CrashStopExited)
 	// The VMM is gone: its jail goes too (the VMM's own cleanup did it
 	// already unless the boot was cancelled before a launch).
 	if err := m.releaseJail(inst.id, inst.limits); err != nil {
@@ -959,18 +983,19 @@ func (m *Manager) removeLocked(ctx context.Context, inst *instance, force bool, 
 	if inst.ttl != nil {
 		inst.ttl.Stop()
 	}
+	// Record the intent first: a daemon that dies from here on leaves a
+	// record that the next start finishes removing, never a record whose
+	// resources are half gone.
+	if !inst.removing {
+		inst.removing = true
+		m.persistLocked(inst)
+	}
 	inst.mu.Unlock()
-	if m.cfg.Network != nil {
-		if err := m.cfg.Network.Detach(ctx, inst.id); err != nil {
-			return fmt.Errorf("sandbox %s: releasing its network: %w", inst.id, err)
-		}
+	m.crash(CrashRemoveMarked)
+	if err := m.releaseAll(ctx, inst.id, inst.limits, dir); err != nil {
+		return err
 	}
-	if err := m.releaseJail(inst.id, inst.limits); err != nil {
-		return fmt.Errorf("sandbox %s: %w", inst.id, err)
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("sandbox %s: removing %s: %w", inst.id, dir, err)
-	}
+	m.crash(CrashRemoveReleased)
 	m.mu.Lock()
 	delete(m.sandboxes, inst.id)
 	m.mu.Unlock()
@@ -979,6 +1004,23 @@ func (m *Manager) removeLocked(ctx context.Context, inst *instance, force bool, 
 	m.publishLocked(inst, ActionRemoved, map[string]string{"reason": reason})
 	inst.mu.Unlock()
 	inst.log.Info("sandbox removed", "reason", reason)
+	return nil
+}
+
+// releaseAll releases what a sandbox without a VMM holds: its network
+// (and lease), its jail and its directory. It is idempotent.
+func (m *Manager) releaseAll(ctx context.Context, id string, limits vmm.Limits, dir string) error {
+	if m.cfg.Network != nil {
+		if err := m.cfg.Network.Detach(ctx, id); err != nil {
+			return fmt.Errorf("sandbox %s: releasing its network: %w", id, err)
+		}
+	}
+	if err := m.releaseJail(id, limits); err != nil {
+		return fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("sandbox %s: removing %s: %w", id, dir, err)
+	}
 	return nil
 }
 

@@ -23,8 +23,9 @@ type Store interface {
 	DeleteSandbox(ctx context.Context, id string) error
 	// ListSandboxes returns every sandbox record.
 	ListSandboxes(ctx context.Context) ([]store.SandboxRecord, error)
-	// PutLease records that an address belongs to a sandbox.
-	PutLease(ctx context.Context, l store.Lease) error
+	// CreateSandbox writes a new sandbox's record and its address leases
+	// in one transaction.
+	CreateSandbox(ctx context.Context, rec store.SandboxRecord, leases ...store.Lease) error
 }
 
 // storeTimeout bounds one store write made on behalf of a state change.
@@ -65,6 +66,7 @@ func recordOf(inst *instance) store.SandboxRecord {
 		RestoredFrom:   s.RestoredFrom,
 		LastPause:      s.LastPause,
 		LastSnapshotID: s.LastSnapshotID,
+		Removing:       inst.removing,
 	}
 }
 
@@ -115,16 +117,15 @@ func (m *Manager) persistNewLocked(ctx context.Context, inst *instance) error {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
 	defer cancel()
+	var leases []store.Lease
 	if ip := inst.rec.Network.IP; ip != "" {
 		addr, err := netip.ParseAddr(ip)
 		if err != nil {
 			return fmt.Errorf("sandbox %s: address %q: %w", inst.id, ip, err)
 		}
-		if err := m.cfg.Store.PutLease(ctx, store.Lease{IP: addr, SandboxID: inst.id}); err != nil {
-			return fmt.Errorf("sandbox %s: recording its lease: %w", inst.id, err)
-		}
+		leases = append(leases, store.Lease{IP: addr, SandboxID: inst.id})
 	}
-	if err := m.cfg.Store.PutSandbox(ctx, recordOf(inst)); err != nil {
+	if err := m.cfg.Store.CreateSandbox(ctx, recordOf(inst), leases...); err != nil {
 		return fmt.Errorf("sandbox %s: recording it: %w", inst.id, err)
 	}
 	return nil

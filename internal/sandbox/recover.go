@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 
+	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/firecracker"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/store"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
@@ -36,13 +40,16 @@ const reasonDiedWhileDown = "the VMM died while the daemon was down"
 // Recover reloads the registry from Config.Store; the daemon calls it once,
 // before serving. Each sandbox whose VMM still runs (same pid, same process
 // start time, and its API socket answers GET / with the sandbox's id) is
-// re-adopted in its recorded state and watched again. A sandbox whose VMM
-// is gone moves to stopped (failed if it was starting) with an event; like
-// any stopped sandbox it keeps its record, directory and address until the
-// user removes it. TTLs are re-armed with the time left, and sandboxes whose TTL ran
-// out meanwhile are removed. Leases are taken back, and sandbox
-// directories and namespaces that no record owns are removed, each logged.
-// Without a store Recover does nothing.
+// re-adopted in its recorded state and watched again; one left paused by an
+// interrupted checkpoint is resumed. A sandbox whose VMM is gone moves to
+// stopped (failed if it was starting) with an event; like any stopped
+// sandbox it keeps its record, directory and address until the user
+// removes it. A removal that was under way is finished. TTLs are re-armed
+// with the time left, and sandboxes whose TTL ran out meanwhile are
+// removed. Leases are taken back, and what no record owns is removed, each
+// logged: VMM processes running in a sandbox directory or jail (a boot the
+// daemon died in), sandbox directories, namespaces and jails. Without a
+// store Recover does nothing.
 func (m *Manager) Recover(ctx context.Context) error {
 	if m.cfg.Store == nil {
 		return nil
@@ -52,13 +59,47 @@ func (m *Manager) Recover(ctx context.Context) error {
 		return fmt.Errorf("recover: %w", err)
 	}
 	known := map[string]bool{}
-	var expired []string
+	type found struct {
+		rec  store.SandboxRecord
+		mach machine
+	}
+	var live []found
+	var removing []store.SandboxRecord
+	keep := map[int]bool{}
 	for _, r := range recs {
-		known[r.ID] = true
-		inst := m.recoverOne(ctx, r)
-		if inst == nil {
+		if !ValidID(r.ID) {
+			m.log.Error("ignoring a stored sandbox with an invalid id", "sandbox", r.ID)
 			continue
 		}
+		known[r.ID] = true
+		if r.Removing {
+			removing = append(removing, r)
+			continue
+		}
+		f := found{rec: r}
+		switch state := State(r.State); {
+		case !state.Final() && r.Process.PID > 0:
+			if f.mach, err = m.adopt(ctx, r); err != nil {
+				m.log.Warn("the recorded VMM is gone", "sandbox", r.ID, "pid", r.Process.PID, "error", err)
+			}
+		case state == StateStarting:
+			if f.mach, err = m.adoptBooted(ctx, r); err != nil {
+				m.log.Warn("the boot the daemon died in did not finish", "sandbox", r.ID, "error", err)
+			}
+		}
+		if f.mach != nil {
+			keep[f.mach.Pid()] = true
+		}
+		live = append(live, f)
+	}
+	// Before any jail or directory goes: no VMM runs in it any more.
+	m.killStrayVMMs(ctx, keep)
+	for _, r := range removing {
+		m.finishRemoval(ctx, r)
+	}
+	var expired []string
+	for _, f := range live {
+		inst := m.recoverOne(ctx, f.rec, f.mach)
 		inst.mu.Lock()
 		if !inst.rec.ExpiresAt.IsZero() {
 			left := inst.rec.ExpiresAt.Sub(m.now())
@@ -79,14 +120,99 @@ func (m *Manager) Recover(ctx context.Context) error {
 	return nil
 }
 
-// recoverOne registers the sandbox of one record, re-adopting its VMM when
-// it still runs.
-func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord) *instance {
-	log := m.log.With("sandbox", r.ID)
-	if !ValidID(r.ID) {
-		log.Error("ignoring a stored sandbox with an invalid id")
+// killStrayVMMs kills every VMM process whose pid is not in keep (the
+// re-adopted VMMs): a VMM whose boot the daemon died in, or one that no
+// longer answers for its sandbox. VMMs are the processes working in a
+// sandbox directory and, under the jailer, the processes in a jail's
+// cgroups.
+func (m *Manager) killStrayVMMs(ctx context.Context, keep map[int]bool) {
+	match := func(cwd string) bool {
+		return filepath.Dir(cwd) == m.sandboxesDir && ValidID(filepath.Base(cwd))
+	}
+	killed, err := vmm.KillStrays(ctx, match, keep)
+	for pid, cwd := range killed {
+		m.log.Warn("killed a VMM process no sandbox owns", "pid", pid, "dir", cwd)
+	}
+	if err != nil {
+		m.log.Error("killing stray VMM processes", "error", err)
+	}
+	for _, id := range m.jailIDs() {
+		pids, err := m.jailer.Processes(id)
+		if err != nil {
+			m.log.Error("listing the processes of a jail", "sandbox", id, "error", err)
+			continue
+		}
+		for _, pid := range pids {
+			if keep[pid] {
+				continue
+			}
+			inJail := func(pid int) bool {
+				now, err := m.jailer.Processes(id)
+				return err == nil && slices.Contains(now, pid)
+			}
+			kctx, cancel := context.WithTimeout(ctx, adoptTimeout)
+			err := vmm.KillVerified(kctx, pid, inJail)
+			cancel()
+			if err != nil {
+				m.log.Error("killing a stray jailed VMM", "sandbox", id, "pid", pid, "error", err)
+				continue
+			}
+			m.log.Warn("killed a jailed VMM process no sandbox owns", "sandbox", id, "pid", pid)
+		}
+	}
+}
+
+// jailIDs lists the sandbox ids that have a jail directory (none without a
+// jailer).
+func (m *Manager) jailIDs() []string {
+	if m.jailer == nil {
 		return nil
 	}
+	dir, err := m.jailer.JailsDir()
+	if err != nil {
+		m.log.Error("finding the jails directory", "error", err)
+		return nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			m.log.Error("listing jails", "dir", dir, "error", err)
+		}
+		return nil
+	}
+	var ids []string
+	for _, e := range entries {
+		if e.IsDir() && ValidID(e.Name()) {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids
+}
+
+// finishRemoval completes a removal the daemon died in: it releases what
+// the sandbox held, deletes its record and publishes the removed event.
+func (m *Manager) finishRemoval(ctx context.Context, r store.SandboxRecord) {
+	log := m.log.With("sandbox", r.ID)
+	limits := vmm.Limits{VCPUs: r.Hardware.VCPUs, MemoryMiB: r.Hardware.MemoryMiB}
+	if err := m.releaseAll(ctx, r.ID, limits, r.Dir); err != nil {
+		log.Error("finishing an interrupted removal", "error", err)
+		return // the record stays; the next start tries again
+	}
+	if err := m.cfg.Store.DeleteSandbox(ctx, r.ID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		log.Error("deleting the record of a removed sandbox", "error", err)
+		return
+	}
+	m.events.Publish(events.Event{
+		SandboxID: r.ID, Action: ActionRemoved, State: r.State, Time: m.now(),
+		Attributes: map[string]string{"reason": "removal finished after a daemon restart"},
+	})
+	log.Warn("finished a removal the daemon was interrupted in")
+}
+
+// recoverOne registers the sandbox of one record; mach is its re-adopted
+// VMM, or nil when none runs.
+func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach machine) *instance {
+	log := m.log.With("sandbox", r.ID)
 	inst := &instance{
 		id: r.ID, op: make(chan struct{}, 1), cancel: func() {}, done: make(chan struct{}), log: log,
 		rec: sandboxOf(r), limits: vmm.Limits{VCPUs: r.Hardware.VCPUs, MemoryMiB: r.Hardware.MemoryMiB},
@@ -102,14 +228,7 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord) *instan
 		}
 	}
 
-	var mach machine
 	state := inst.rec.State
-	if !state.Final() && r.Process.PID > 0 {
-		var err error
-		if mach, err = m.adopt(ctx, r); err != nil {
-			log.Warn("the recorded VMM is gone", "pid", r.Process.PID, "error", err)
-		}
-	}
 
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
@@ -121,7 +240,17 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord) *instan
 	case state.Final():
 		close(inst.done)
 		log.Info("sandbox recovered", "state", string(state))
-	case mach != nil && (state == StateReady || state == StateRunning):
+	case mach != nil && (state == StateReady || state == StateRunning || state == StateStarting):
+		if state == StateStarting {
+			// The boot finished while the daemon died: record it now.
+			inst.rec.ReadyAt = m.now()
+			inst.rec.Process.PID = mach.Pid()
+			inst.pidStart, _ = store.ProcessStartTime(mach.Pid())
+			m.transitionLocked(inst, StateReady, ActionReady, map[string]string{
+				"pid": strconv.Itoa(mach.Pid()), "reason": "the boot finished while the daemon was down",
+			})
+			state = StateReady
+		}
 		runCtx, cancel := context.WithCancel(m.baseCtx)
 		inst.cancel = cancel
 		inst.vm = mach
@@ -180,11 +309,61 @@ func (m *Manager) adopt(ctx context.Context, r store.SandboxRecord) (machine, er
 	if st != r.Process.PIDStartTime {
 		return nil, fmt.Errorf("pid %d was reused (start time %d, recorded %d)", pid, st, r.Process.PIDStartTime)
 	}
-	proc, err := vmm.Attach(pid)
+	mach, _, err := m.attach(ctx, r, pid)
+	return mach, err
+}
+
+// adoptBooted looks for the VMM of a sandbox recorded as starting: a boot
+// (or restore) that finished while the daemon died, before its pid was
+// recorded. The VMM is the one process working in the sandbox's directory
+// (or, jailed, in its jail's cgroups); it is adopted when its API socket answers with the
+// sandbox's id and a running VM. Anything else is left to killStrayVMMs.
+func (m *Manager) adoptBooted(ctx context.Context, r store.SandboxRecord) (machine, error) {
+	dir := r.Dir
+	if r.Process.Jailed {
+		dir = r.Process.Chroot
+	}
+	if dir == "" {
+		return nil, errors.New("no directory recorded")
+	}
+	var pids []int
+	var err error
+	if r.Process.Jailed && m.jailer != nil {
+		pids, err = m.jailer.Processes(r.ID)
+	} else {
+		pids, err = vmm.FindByCwd(func(cwd string) bool { return cwd == dir })
+	}
 	if err != nil {
 		return nil, err
 	}
+	if len(pids) != 1 {
+		return nil, fmt.Errorf("%d processes run in %s", len(pids), dir)
+	}
+	mach, info, err := m.attach(ctx, r, pids[0])
+	if err != nil {
+		return nil, err
+	}
+	if info.State != firecracker.StateRunning {
+		_ = mach.Close()
+		return nil, fmt.Errorf("pid %d: the VM is %q, not running: its boot did not finish", pids[0], info.State)
+	}
+	return mach, nil
+}
+
+// attach takes a handle on process pid, which must be the VMM of r: its API
+// socket must answer GET / with r's id. A VM left paused by an interrupted
+// checkpoint is resumed (unless r was being stopped).
+func (m *Manager) attach(ctx context.Context, r store.SandboxRecord, pid int) (machine, firecracker.InstanceInfo, error) {
+	proc, err := vmm.Attach(pid)
+	if err != nil {
+		return nil, firecracker.InstanceInfo{}, err
+	}
 	client := firecracker.NewClient(r.Process.APISocket)
+	fail := func(err error) (machine, firecracker.InstanceInfo, error) {
+		client.Close()
+		_ = proc.Close()
+		return nil, firecracker.InstanceInfo{}, fmt.Errorf("pid %d, API socket %s: %w", pid, r.Process.APISocket, err)
+	}
 	cctx, cancel := context.WithTimeout(ctx, adoptTimeout)
 	info, err := client.DescribeInstance(cctx)
 	cancel()
@@ -192,19 +371,27 @@ func (m *Manager) adopt(ctx context.Context, r store.SandboxRecord) (machine, er
 		err = fmt.Errorf("the API socket answers for instance %q", info.ID)
 	}
 	if err != nil {
-		client.Close()
-		_ = proc.Close()
-		return nil, fmt.Errorf("pid %d, API socket %s: %w", pid, r.Process.APISocket, err)
+		return fail(err)
+	}
+	if info.State == firecracker.StatePaused && State(r.State) != StateStarting && State(r.State) != StateStopping {
+		cctx, cancel := context.WithTimeout(ctx, adoptTimeout)
+		err := client.Resume(cctx)
+		cancel()
+		if err != nil {
+			return fail(fmt.Errorf("resuming the VM an interrupted checkpoint left paused: %w", err))
+		}
+		info.State = firecracker.StateRunning
+		m.log.Warn("resumed a VM an interrupted checkpoint had left paused", "sandbox", r.ID, "pid", pid)
 	}
 	return vmMachine{&vmm.VM{
 		ID: r.ID, Process: proc, Client: client, SocketPath: r.Process.APISocket,
 		ConsolePath: r.Process.ConsolePath, LogPath: r.Process.LogPath, MetricsPath: r.Process.MetricsPath,
 		VsockPath: r.Process.VsockPath,
-	}}, nil
+	}}, info, nil
 }
 
-// removeStrays removes sandbox directories and namespaces that no record
-// owns, logging each.
+// removeStrays removes sandbox directories, jails and namespaces that no
+// record owns, logging each.
 func (m *Manager) removeStrays(ctx context.Context, known map[string]bool) {
 	entries, err := os.ReadDir(m.sandboxesDir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -221,6 +408,7 @@ func (m *Manager) removeStrays(ctx context.Context, known map[string]bool) {
 		}
 		m.log.Warn("removed a sandbox directory no record owns", "dir", dir)
 	}
+	m.removeStrayJails(known)
 	lister, ok := m.cfg.Network.(netnsLister)
 	if !ok || m.cfg.Network == nil {
 		return
@@ -240,5 +428,25 @@ func (m *Manager) removeStrays(ctx context.Context, known map[string]bool) {
 			continue
 		}
 		m.log.Warn("removed a sandbox network no record owns", "sandbox", id)
+	}
+}
+
+// strayJailLimits name every cgroup controller a jail may have been given,
+// so that the cleanup of a jail whose limits are unknown removes them all.
+var strayJailLimits = vmm.Limits{VCPUs: 1, MemoryMiB: 1}
+
+// removeStrayJails removes the jails (and their cgroups) of sandbox ids no
+// record owns. Only names that are sandbox ids are touched: the chroot base
+// directory may hold other jails.
+func (m *Manager) removeStrayJails(known map[string]bool) {
+	for _, id := range m.jailIDs() {
+		if known[id] {
+			continue
+		}
+		if err := m.jailer.Cleanup(id, strayJailLimits); err != nil {
+			m.log.Error("removing a stray jail", "sandbox", id, "error", err)
+			continue
+		}
+		m.log.Warn("removed a jail no record owns", "sandbox", id)
 	}
 }

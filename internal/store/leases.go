@@ -23,35 +23,48 @@ func leaseKey(ip netip.Addr) ([]byte, error) {
 // again is a no-op; an address leased to another sandbox is an error of
 // class errdefs.ErrAlreadyExists.
 func (s *Store) PutLease(ctx context.Context, l Lease) error {
-	k, err := leaseKey(l.IP)
+	k, data, err := encodeLease(l)
 	if err != nil {
 		return err
 	}
-	if err := validKey("lease sandbox id", l.SandboxID); err != nil {
-		return err
-	}
-	data, err := json.Marshal(l)
-	if err != nil {
-		return fmt.Errorf("encode lease %s: %w", l.IP, err)
-	}
-	err = s.update(ctx, func(root *bolt.Bucket) error {
-		b := root.Bucket(bktLeases)
-		if old := b.Get(k); old != nil {
-			var cur Lease
-			if err := decode(old, &cur); err != nil {
-				return err
-			}
-			if cur.SandboxID == l.SandboxID {
-				return nil
-			}
-			return fmt.Errorf("leased to sandbox %q: %w", cur.SandboxID, errdefs.ErrAlreadyExists)
-		}
-		return b.Put(k, data)
-	})
+	err = s.update(ctx, func(root *bolt.Bucket) error { return putLease(root, l, k, data) })
 	if err != nil {
 		return fmt.Errorf("put lease %s: %w", l.IP, err)
 	}
 	return nil
+}
+
+// encodeLease validates l and returns its key and value.
+func encodeLease(l Lease) (key, data []byte, err error) {
+	k, err := leaseKey(l.IP)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := validKey("lease sandbox id", l.SandboxID); err != nil {
+		return nil, nil, err
+	}
+	data, err = json.Marshal(l)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode lease %s: %w", l.IP, err)
+	}
+	return k, data, nil
+}
+
+// putLease stores an encoded lease unless its address belongs to another
+// sandbox.
+func putLease(root *bolt.Bucket, l Lease, k, data []byte) error {
+	b := root.Bucket(bktLeases)
+	if old := b.Get(k); old != nil {
+		var cur Lease
+		if err := decode(old, &cur); err != nil {
+			return err
+		}
+		if cur.SandboxID == l.SandboxID {
+			return nil
+		}
+		return fmt.Errorf("%s leased to sandbox %q: %w", l.IP, cur.SandboxID, errdefs.ErrAlreadyExists)
+	}
+	return b.Put(k, data)
 }
 
 // DeleteLease releases an address; an address not leased is an error of

@@ -32,6 +32,9 @@ type SandboxRecord struct {
 	// LastSnapshotID is the last snapshot taken of (or restored into) the
 	// sandbox's VMM.
 	LastSnapshotID string `json:"last_snapshot_id,omitempty"`
+	// Removing says that a removal began: its VMM is gone and its
+	// resources are being released. The next start finishes it.
+	Removing bool `json:"removing,omitempty"`
 }
 
 // HardwareRecord is a sandbox's persisted machine configuration.

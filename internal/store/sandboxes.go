@@ -28,6 +28,44 @@ func (s *Store) PutSandbox(ctx context.Context, rec SandboxRecord) error {
 	return nil
 }
 
+// CreateSandbox stores a new sandbox's record together with its address
+// leases, in one transaction (one fsync): both are durable when it returns,
+// or neither is written. An address leased to another sandbox is an error
+// of class errdefs.ErrAlreadyExists.
+func (s *Store) CreateSandbox(ctx context.Context, rec SandboxRecord, leases ...Lease) error {
+	if err := validKey("sandbox id", rec.ID); err != nil {
+		return err
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode sandbox %q: %w", rec.ID, err)
+	}
+	type encoded struct{ k, v []byte }
+	enc := make([]encoded, 0, len(leases))
+	for _, l := range leases {
+		if l.SandboxID != rec.ID {
+			return fmt.Errorf("create sandbox %q: lease %s names sandbox %q: %w", rec.ID, l.IP, l.SandboxID, errdefs.ErrInvalidArgument)
+		}
+		k, v, err := encodeLease(l)
+		if err != nil {
+			return fmt.Errorf("create sandbox %q: %w", rec.ID, err)
+		}
+		enc = append(enc, encoded{k, v})
+	}
+	err = s.update(ctx, func(root *bolt.Bucket) error {
+		for i, e := range enc {
+			if err := putLease(root, leases[i], e.k, e.v); err != nil {
+				return err
+			}
+		}
+		return root.Bucket(bktSandboxes).Put([]byte(rec.ID), data)
+	})
+	if err != nil {
+		return fmt.Errorf("create sandbox %q: %w", rec.ID, err)
+	}
+	return nil
+}
+
 // GetSandbox returns a sandbox record, or an error of class
 // errdefs.ErrNotFound.
 func (s *Store) GetSandbox(ctx context.Context, id string) (SandboxRecord, error) {

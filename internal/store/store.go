@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -79,7 +81,31 @@ type Store struct {
 	db      *bolt.DB
 	path    string
 	history uint64
+
+	// writes feeds the committer goroutine, which runs every write
+	// queued meanwhile in one transaction (group commit: one fsync for
+	// many writers under load, no added delay when idle). committed is
+	// closed when it has returned.
+	writes    chan *write
+	committed chan struct{}
+	// wmu guards closed and sending on writes.
+	wmu    sync.Mutex
+	closed bool
 }
+
+// write is one caller's change, run inside a write transaction. fn must
+// be safe to run again in a new transaction: when another write of the
+// same batch fails, the rest are retried without it.
+type write struct {
+	fn   func(root *bolt.Bucket) error
+	done chan error
+}
+
+// maxBatch bounds the writes committed in one transaction.
+const maxBatch = 256
+
+// ErrClosed is returned by writes after Close.
+var ErrClosed = errors.New("state store is closed")
 
 // Open opens (or, if absent, creates with mode 0600) the bbolt database at
 // path, normally Path(dataDir); the directory must exist. An existing file
@@ -123,6 +149,9 @@ func Open(path string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("open state store %s: %w", path, err)
 		}
 	}
+	s.writes = make(chan *write, maxBatch)
+	s.committed = make(chan struct{})
+	go s.commitLoop()
 	return s, nil
 }
 
@@ -289,8 +318,16 @@ func schemaOf(path string, tx *bolt.Tx) (int, error) {
 	return int(version), nil
 }
 
-// Close closes the database, waiting for running transactions.
+// Close commits the writes already queued, stops the committer and closes
+// the database. Writes after Close fail with ErrClosed.
 func (s *Store) Close() error {
+	s.wmu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.writes)
+	}
+	s.wmu.Unlock()
+	<-s.committed
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close state store %s: %w", s.path, err)
 	}
@@ -309,13 +346,73 @@ func (s *Store) view(ctx context.Context, fn func(root *bolt.Bucket) error) erro
 }
 
 // update runs fn in a write transaction on the v1 bucket, after checking
-// ctx. bbolt fsyncs the commit before update returns. A transaction cannot
-// be interrupted, so ctx is only checked before it starts.
+// ctx, and returns once the transaction is committed and fsynced (or fn
+// failed). Writes queued while another commits share the next transaction.
+// A queued write cannot be withdrawn, so ctx is only checked before it is
+// queued.
 func (s *Store) update(ctx context.Context, fn func(root *bolt.Bucket) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return fn(tx.Bucket([]byte(schemaBucket))) })
+	w := &write{fn: fn, done: make(chan error, 1)}
+	s.wmu.Lock()
+	if s.closed {
+		s.wmu.Unlock()
+		return ErrClosed
+	}
+	s.writes <- w
+	s.wmu.Unlock()
+	return <-w.done
+}
+
+// commitLoop is the committer goroutine: it takes the next write and every
+// write queued behind it and commits them together, until Close.
+func (s *Store) commitLoop() {
+	defer close(s.committed)
+	for w := range s.writes {
+		batch := []*write{w}
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case w, ok := <-s.writes:
+				if !ok {
+					break more
+				}
+				batch = append(batch, w)
+			default:
+				break more
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+// commit runs batch in one transaction. A write whose fn fails gets its
+// error and the others are retried without it; a failed commit fails them
+// all.
+func (s *Store) commit(batch []*write) {
+	for len(batch) > 0 {
+		failed, ferr := -1, error(nil)
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			root := tx.Bucket([]byte(schemaBucket))
+			for i, w := range batch {
+				if err := w.fn(root); err != nil {
+					failed, ferr = i, err
+					return err
+				}
+			}
+			return nil
+		})
+		if failed >= 0 {
+			batch[failed].done <- ferr
+			batch = slices.Delete(batch, failed, failed+1)
+			continue
+		}
+		for _, w := range batch {
+			w.done <- err
+		}
+		return
+	}
 }
 
 // u64 encodes v as 8 big-endian bytes.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -598,5 +599,83 @@ func TestAppendEventsBatch(t *testing.T) {
 	}
 	if seq, _ := s.LastEventSeq(ctx); seq != 4 {
 		t.Fatalf("a failed batch left seq %d", seq)
+	}
+}
+
+// CreateSandbox writes the record and its leases together, or nothing.
+func TestCreateSandboxIsOneTransaction(t *testing.T) {
+	ctx := t.Context()
+	s := openStore(t, "", Options{})
+	a1 := netip.MustParseAddr("10.0.0.2")
+	if err := s.CreateSandbox(ctx, SandboxRecord{ID: "sb-a", State: "starting"}, Lease{a1, "sb-a"}); err != nil {
+		t.Fatal(err)
+	}
+	// The address is taken: neither the record nor the lease is written.
+	err := s.CreateSandbox(ctx, SandboxRecord{ID: "sb-b", State: "starting"}, Lease{a1, "sb-b"})
+	if !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("CreateSandbox with a taken address = %v, want already exists", err)
+	}
+	if _, err := s.GetSandbox(ctx, "sb-b"); !errdefs.IsNotFound(err) {
+		t.Fatalf("record of the refused sandbox: %v, want not found", err)
+	}
+	err = s.CreateSandbox(ctx, SandboxRecord{ID: "sb-c"}, Lease{netip.MustParseAddr("10.0.0.3"), "sb-d"})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("CreateSandbox with another sandbox's lease = %v, want invalid argument", err)
+	}
+	leases, err := s.ListLeases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []Lease{{a1, "sb-a"}}; !reflect.DeepEqual(leases, want) {
+		t.Fatalf("leases = %v, want %v", leases, want)
+	}
+}
+
+// Concurrent writes share transactions; one that fails does not take the
+// others of its batch with it, and writes after Close fail cleanly.
+func TestGroupCommitIsolatesFailures(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	s := openStore(t, dir, Options{})
+	taken := netip.MustParseAddr("10.0.0.2")
+	if err := s.PutLease(ctx, Lease{taken, "owner"}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			id := fmt.Sprintf("sb-%02d", i)
+			var leases []Lease
+			if i%8 == 0 {
+				leases = []Lease{{taken, id}} // refused
+			}
+			errs[i] = s.CreateSandbox(ctx, SandboxRecord{ID: id, State: "starting"}, leases...)
+		})
+	}
+	wg.Wait()
+	recs, err := s.ListSandboxes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != n-n/8 {
+		t.Fatalf("%d records, want %d", len(recs), n-n/8)
+	}
+	for i, err := range errs {
+		if refused := i%8 == 0; refused != errors.Is(err, errdefs.ErrAlreadyExists) || (!refused && err != nil) {
+			t.Errorf("write %d: %v (refused %v)", i, err, refused)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutSandbox(ctx, SandboxRecord{ID: "late"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("write after Close = %v, want ErrClosed", err)
+	}
+	// Everything acknowledged is on disk.
+	s2 := openStore(t, dir, Options{})
+	if recs, err = s2.ListSandboxes(ctx); err != nil || len(recs) != n-n/8 {
+		t.Fatalf("after reopening: %d records, %v", len(recs), err)
 	}
 }

@@ -158,28 +158,40 @@ func RequiresRoot(t testing.TB) {
 // ProcessesOf lists the pids of live processes whose executable is exe.
 // Zombies (already exited, not yet reaped) are not counted.
 func ProcessesOf(exe string) []int {
+	return processes(func(pid string) bool {
+		link, err := os.Readlink(filepath.Join("/proc", pid, "exe"))
+		if err != nil || strings.TrimSuffix(link, " (deleted)") != exe {
+			return false
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+		if err == nil {
+			if i := strings.LastIndexByte(string(stat), ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// ProcessesIn lists the pids of the processes whose working directory is
+// inside dir.
+func ProcessesIn(dir string) []int {
+	return processes(func(pid string) bool {
+		cwd, err := os.Readlink(filepath.Join("/proc", pid, "cwd"))
+		return err == nil && strings.HasPrefix(cwd, dir+"/")
+	})
+}
+
+// processes lists the pids for which match (given the pid's /proc entry
+// name) is true.
+func processes(match func(pid string) bool) []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+		if err == nil && match(e.Name()) {
+			pids = append(pids, pid)
 		}
-		link, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		if err != nil {
-			continue
-		}
-		link = strings.TrimSuffix(link, " (deleted)")
-		if link != exe {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err == nil {
-			if i := strings.LastIndexByte(string(stat), ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
-				continue
-			}
-		}
-		pids = append(pids, pid)
 	}
 	return pids
 }

@@ -288,6 +288,43 @@ func (l *JailerLauncher) execFile() (string, error) {
 	return filepath.EvalSymlinks(bin)
 }
 
+// JailsDir returns <chroot_base>/<exec name>, the directory that holds
+// one jail directory per id.
+func (l *JailerLauncher) JailsDir() (string, error) {
+	bin, err := l.execFile()
+	if err != nil {
+		return "", fmt.Errorf("vmm: firecracker binary: %w", err)
+	}
+	return filepath.Join(l.Jailer.ChrootBaseDir, filepath.Base(bin)), nil
+}
+
+// Processes returns the pids of the processes in the cgroups of jail id
+// (every controller a launch may use). A jailed Firecracker is found this
+// way even when its working directory is unreachable from the host's root
+// (after pivot_root).
+func (l *JailerLauncher) Processes(id string) ([]int, error) {
+	j, err := l.Jail(id, Limits{VCPUs: 1, MemoryMiB: 1})
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, cg := range j.Cgroups {
+		data, err := os.ReadFile(filepath.Join(cg, "cgroup.procs"))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("vmm: processes of jail %s: %w", id, err)
+		}
+		for _, f := range strings.Fields(string(data)) {
+			if pid, err := strconv.Atoi(f); err == nil && !slices.Contains(pids, pid) {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids, nil
+}
+
 // Jail returns the jail of id and, for limits, its cgroup directories.
 func (l *JailerLauncher) Jail(id string, limits Limits) (Jail, error) {
 	if err := ValidateInstanceID(id); err != nil {

@@ -39,7 +39,8 @@ type daemon struct {
 	cmd    *exec.Cmd
 	log    *os.File
 	waited chan struct{}
-	netns  string // network namespace (path) the daemon runs in; empty: the test's
+	netns  string   // network namespace (path) the daemon runs in; empty: the test's
+	env    []string // added to the daemon's environment at the next start
 	conn   *grpc.ClientConn
 	sb     sandboxv1.SandboxServiceClient
 	snap   sandboxv1.SandboxSnapshotServiceClient
@@ -62,6 +63,8 @@ type options struct {
 	// netns runs the daemon inside this network namespace (a path), which
 	// plays the host's.
 	netns string
+	// env is added to the daemon's environment (at the first start only).
+	env []string
 }
 
 // startDaemon starts vmm-daemon and waits until it serves. Cleanup stops it
@@ -122,6 +125,7 @@ func startDaemonAt(t *testing.T, dir string, o options) *daemon {
 	conf := fmt.Sprintf("[firecracker]\nbinary = %q\ndata_dir = %q\nlog_level = \"Info\"\n\n[grpc]\nunix_socket = %q\n\n[daemon]\non_shutdown = %q\n\n[network]\n%s\n[defaults]\n%s\n%s\n",
 		binary, d.data, d.sock, onShutdown, netConf, defaults, o.extra)
 	d.netns = o.netns
+	d.env = o.env
 	writeFile(t, d.config, conf, 0)
 	d.start()
 	t.Cleanup(d.stop)
@@ -132,7 +136,8 @@ func (d *daemon) start() {
 	t := d.t
 	t.Helper()
 	var err error
-	d.log, err = os.Create(filepath.Join(d.dir, "daemon.log"))
+	// Appended to: the log of every start of this daemon stays readable.
+	d.log, err = os.OpenFile(filepath.Join(d.dir, "daemon.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,6 +148,9 @@ func (d *daemon) start() {
 		d.cmd = exec.Command(testutil.Binary(t, "vmm-daemon"), "--config", d.config)
 	}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if len(d.env) > 0 {
+		d.cmd.Env = append(os.Environ(), d.env...)
+	}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -172,6 +180,26 @@ func (d *daemon) start() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// waitKilled waits for the daemon to die by SIGKILL (a crash point) and
+// releases its handles; start may then be called again.
+func (d *daemon) waitKilled(within time.Duration) {
+	t := d.t
+	t.Helper()
+	select {
+	case <-d.waited:
+	case <-time.After(within):
+		t.Fatalf("vmm-daemon still running %v after the crash point should have been reached\n%s", within, d.logText())
+	}
+	ws, _ := d.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("vmm-daemon ended with %v, want death by SIGKILL\n%s", d.cmd.ProcessState, d.logText())
+	}
+	d.cmd = nil
+	d.conn.Close()
+	d.conn = nil
+	d.log.Close()
 }
 
 // stop sends SIGTERM and expects a clean exit within 30 s.

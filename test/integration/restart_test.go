@@ -49,8 +49,8 @@ func setOnShutdown(t *testing.T, d *daemon, from, to string) {
 	writeFile(t, d.config, body, 0)
 }
 
-// TestRestartKeepsSandboxes restarts a daemon in "leave" mode with
-// sandboxes in mixed states: the running ones are re-adopted with the same
+// TestRestartKeepsSandboxes restarts a daemon in "leave" mode with twenty
+// sandboxes in mixed states (ready, stopped, failed, with TTLs): the running ones are re-adopted with the same
 // VMM, stopped ones stay stopped, a VMM killed while the daemon was down
 // turns into a stopped sandbox with an event, and a TTL that ran out while
 // the daemon was down removes its sandbox at start. Switching to "stop"
@@ -67,18 +67,26 @@ func TestRestartKeepsSandboxes(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	})
-	var ready, stopped []*sandboxv1.Sandbox
-	for range 4 {
+	var ready, stopped, failed []*sandboxv1.Sandbox
+	for range 12 {
 		ready = append(ready, createAndWait(t, d, 0))
 	}
 	longTTL := createAndWait(t, d, time.Hour)
 	ready = append(ready, longTTL)
-	for range 2 {
+	for range 3 {
 		sb := createAndWait(t, d, 0)
 		if _, err := d.sb.Stop(t.Context(), &sandboxv1.StopRequest{Id: sb.GetId()}); err != nil {
 			t.Fatal(err)
 		}
 		stopped = append(stopped, d.waitState(sb.GetId(), sandboxv1.SandboxState_SANDBOX_STATE_STOPPED, 10*time.Second))
+	}
+	for range 2 {
+		// A VMM that dies under a running daemon: the sandbox fails.
+		sb := createAndWait(t, d, 0)
+		if err := syscall.Kill(int(sb.GetProcess().GetPid()), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		failed = append(failed, d.waitState(sb.GetId(), sandboxv1.SandboxState_SANDBOX_STATE_FAILED, 10*time.Second))
 	}
 	victim := createAndWait(t, d, 0)
 	shortTTL := createAndWait(t, d, 2*time.Second)
@@ -116,6 +124,20 @@ func TestRestartKeepsSandboxes(t *testing.T) {
 	}
 	for _, want := range stopped {
 		d.waitState(want.GetId(), sandboxv1.SandboxState_SANDBOX_STATE_STOPPED, time.Second)
+	}
+	for _, want := range failed {
+		got := d.waitState(want.GetId(), sandboxv1.SandboxState_SANDBOX_STATE_FAILED, time.Second)
+		if got.GetFailureReason() != want.GetFailureReason() || got.GetFailureReason() == "" {
+			t.Errorf("failed sandbox %s: reason %q after restart, want %q", want.GetId(), got.GetFailureReason(), want.GetFailureReason())
+		}
+	}
+	list, err := d.sb.List(t.Context(), &sandboxv1.ListRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Twenty before the restart, less the one whose TTL ran out.
+	if n := len(list.GetSandboxes()); n != 19 {
+		t.Errorf("%d sandboxes after restart, want 19", n)
 	}
 	dead := d.waitState(victim.GetId(), sandboxv1.SandboxState_SANDBOX_STATE_STOPPED, time.Second)
 	if !strings.Contains(dead.GetFailureReason(), "daemon was down") {

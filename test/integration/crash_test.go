@@ -1,0 +1,366 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	sandboxv1 "github.com/firecracker-vmm/firecracker-vmm/api/sandbox/v1"
+	vmmdaemon "github.com/firecracker-vmm/firecracker-vmm/internal/daemon"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
+)
+
+// crashEnv is what a crash case's operation works with.
+type crashEnv struct {
+	d *daemon
+	// sb is the sandbox made ready before the operation (nil for the
+	// create cases); snap the snapshot taken of it (restore cases).
+	sb   *sandboxv1.Sandbox
+	snap *sandboxv1.Snapshot
+	// createdID is the sandbox the operation created, when its Create or
+	// Restore call returned before the daemon died.
+	createdID string
+}
+
+// want describes the state found after the restart.
+type crashWant struct {
+	// states maps "orig" (env.sb), "new" (env.createdID) to the state
+	// expected after the restart; a missing key means the sandbox must be
+	// gone. Any other sandbox must not exist.
+	states map[string]sandboxv1.SandboxState
+	// snapshots is how many snapshots the catalog must list.
+	snapshots int
+}
+
+// crashCase kills the daemon at one crash point of an operation.
+type crashCase struct {
+	point string
+	// setup is what runs before the operation: "" (nothing), "ready" (a
+	// ready sandbox), "stopped" (a stopped one) or "snapshot" (a ready
+	// sandbox and a snapshot of it).
+	setup string
+	// op performs the operation during which the daemon dies.
+	op   func(t *testing.T, e *crashEnv)
+	want crashWant
+}
+
+const (
+	ready   = sandboxv1.SandboxState_SANDBOX_STATE_READY
+	stopped = sandboxv1.SandboxState_SANDBOX_STATE_STOPPED
+	failed  = sandboxv1.SandboxState_SANDBOX_STATE_FAILED
+)
+
+// opCreate creates a sandbox; the call either returns (the daemon dies
+// during the boot) or fails because the daemon died.
+func opCreate(t *testing.T, e *crashEnv) {
+	r, err := e.d.sb.Create(t.Context(), &sandboxv1.CreateRequest{})
+	if err == nil {
+		e.createdID = r.GetSandbox().GetId()
+	}
+}
+
+func opStop(t *testing.T, e *crashEnv) {
+	_, _ = e.d.sb.Stop(t.Context(), &sandboxv1.StopRequest{Id: e.sb.GetId()})
+}
+
+func opRemove(t *testing.T, e *crashEnv) {
+	_, _ = e.d.sb.Remove(t.Context(), &sandboxv1.RemoveRequest{Id: e.sb.GetId()})
+}
+
+func opCheckpoint(t *testing.T, e *crashEnv) {
+	_, _ = e.d.snap.Checkpoint(t.Context(), &sandboxv1.CheckpointRequest{SandboxId: e.sb.GetId(), Name: "crash"})
+}
+
+func opRestore(t *testing.T, e *crashEnv) {
+	r, err := e.d.snap.Restore(t.Context(), &sandboxv1.RestoreRequest{SnapshotId: e.snap.GetId()})
+	if err == nil {
+		e.createdID = r.GetSandbox().GetId()
+	}
+}
+
+// crashCases has one case per crash point (TestCrashPointsAreCovered
+// keeps it complete).
+var crashCases = []crashCase{
+	{sandbox.CrashCreateDir, "", opCreate, crashWant{}},
+	{sandbox.CrashCreateDisk, "", opCreate, crashWant{}},
+	{sandbox.CrashCreateNetwork, "", opCreate, crashWant{}},
+	{sandbox.CrashCreateRecorded, "", opCreate, crashWant{states: map[string]sandboxv1.SandboxState{"new": failed}}},
+	{sandbox.CrashBootStarted, "", opCreate, crashWant{states: map[string]sandboxv1.SandboxState{"new": ready}}},
+	{sandbox.CrashStopStopping, "ready", opStop, crashWant{states: map[string]sandboxv1.SandboxState{"orig": stopped}}},
+	{sandbox.CrashStopExited, "ready", opStop, crashWant{states: map[string]sandboxv1.SandboxState{"orig": stopped}}},
+	{sandbox.CrashRemoveMarked, "stopped", opRemove, crashWant{}},
+	{sandbox.CrashRemoveReleased, "stopped", opRemove, crashWant{}},
+	{sandbox.CrashCheckpointPaused, "ready", opCheckpoint, crashWant{states: map[string]sandboxv1.SandboxState{"orig": ready}}},
+	{sandbox.CrashCheckpointWritten, "ready", opCheckpoint, crashWant{states: map[string]sandboxv1.SandboxState{"orig": ready}}},
+	{sandbox.CrashCheckpointResumed, "ready", opCheckpoint, crashWant{states: map[string]sandboxv1.SandboxState{"orig": ready}}},
+	{sandbox.CrashCheckpointCommitted, "ready", opCheckpoint, crashWant{states: map[string]sandboxv1.SandboxState{"orig": ready}, snapshots: 1}},
+	{sandbox.CrashRestoreFiles, "snapshot", opRestore, crashWant{states: map[string]sandboxv1.SandboxState{"orig": ready}, snapshots: 1}},
+	{sandbox.CrashRestoreNetwork, "snapshot", opRestore, crashWant{states: map[string]sandboxv1.SandboxState{"orig": ready}, snapshots: 1}},
+	{sandbox.CrashRestoreRecorded, "snapshot", opRestore, crashWant{states: map[string]sandboxv1.SandboxState{"orig": ready, "new": failed}, snapshots: 1}},
+	{sandbox.CrashRestoreStarted, "snapshot", opRestore, crashWant{states: map[string]sandboxv1.SandboxState{"orig": ready, "new": ready}, snapshots: 1}},
+}
+
+// TestCrashPointsAreCovered: every crash point the manager has is tested.
+func TestCrashPointsAreCovered(t *testing.T) {
+	var got []string
+	for _, c := range crashCases {
+		got = append(got, c.point)
+	}
+	if !slices.Equal(got, sandbox.CrashPoints) {
+		t.Fatalf("crash cases %v, want one per sandbox.CrashPoints %v", got, sandbox.CrashPoints)
+	}
+}
+
+// TestCrashAtEachStepRecovers kills the daemon (SIGKILL) at each crash
+// point of create, boot, stop, remove, checkpoint and restore, with
+// networking on, starts it again on the same data dir and checks that the
+// state is consistent: each sandbox in the state its last durable step
+// implies, every VMM process owned by a ready sandbox, no directory,
+// namespace or lease without a record, no half-written snapshot and no
+// committed one lost. Each restarted daemon then creates and restores
+// normally, and its shutdown leaves nothing.
+func TestCrashAtEachStepRecovers(t *testing.T) {
+	for i, c := range crashCases {
+		t.Run(c.point, func(t *testing.T) {
+			cidr := fmt.Sprintf("10.%d.0.0/24", 210+i%40)
+			bridge := fmt.Sprintf("vmmcr%d", i)
+			_, nsPath := hostNamespace(t)
+			d := startDaemon(t, options{
+				network: fmt.Sprintf("bridge = %q\ncidr = %q\n", bridge, cidr), netns: nsPath,
+				env: []string{vmmdaemon.CrashEnv + "=" + c.point},
+			})
+			runCrashCase(t, d, c, nil)
+		})
+	}
+}
+
+// TestJailedCrashLeavesNoJail kills a jailing daemon where a jail exists
+// without a record (create.disk), where a jailed VMM booted without its pid
+// recorded (boot.started), and half-way through a removal: the restarted
+// daemon removes the stray jail and its cgroups, re-adopts the booted VMM
+// and finishes the removal.
+func TestJailedCrashLeavesNoJail(t *testing.T) {
+	for _, point := range []string{sandbox.CrashCreateDisk, sandbox.CrashBootStarted, sandbox.CrashRemoveMarked} {
+		t.Run(point, func(t *testing.T) {
+			var c crashCase
+			for _, cc := range crashCases {
+				if cc.point == point {
+					c = cc
+				}
+			}
+			dir := testutil.ShortDir(t)
+			section, base, parent := jailerSection(t, dir)
+			d := startDaemonAt(t, dir, options{extra: section, env: []string{vmmdaemon.CrashEnv + "=" + point}})
+			runCrashCase(t, d, c, func() []int { return cgroupProcs(filepath.Join("/sys/fs/cgroup/cpu", parent)) })
+			defer func() {
+				if t.Failed() {
+					t.Log(d.logText())
+				}
+			}()
+			// A jail exists exactly for each sandbox that has a VMM.
+			jails, _ := filepath.Glob(filepath.Join(base, "*", "*"))
+			list, err := d.sb.List(t.Context(), &sandboxv1.ListRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for _, sb := range list.GetSandboxes() {
+				if sb.GetState() == ready {
+					want = append(want, jailOf(sb))
+				}
+			}
+			slices.Sort(jails)
+			slices.Sort(want)
+			if !slices.Equal(jails, want) {
+				t.Errorf("jails after the restart: %v, want %v", jails, want)
+			}
+			cgroups, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/cpu", parent, "*", "cgroup.procs"))
+			if len(cgroups) != len(want) {
+				t.Errorf("cgroups after the restart: %v, want %d", cgroups, len(want))
+			}
+		})
+	}
+}
+
+// runCrashCase sets up, runs the operation until the daemon dies at c's
+// crash point, restarts the daemon and checks what it finds. jailed, when
+// set, lists the processes in the test's jail cgroups.
+func runCrashCase(t *testing.T, d *daemon, c crashCase, jailed func() []int) {
+	e := &crashEnv{d: d}
+	switch c.setup {
+	case "ready", "snapshot", "stopped":
+		e.sb = createAndWait(t, d, 0)
+		if c.setup == "stopped" {
+			if _, err := d.sb.Stop(t.Context(), &sandboxv1.StopRequest{Id: e.sb.GetId()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if c.setup == "snapshot" {
+			r, err := d.snap.Checkpoint(t.Context(), &sandboxv1.CheckpointRequest{SandboxId: e.sb.GetId(), Name: "before"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.snap = r.GetSnapshot()
+		}
+	}
+	c.op(t, e)
+	d.waitKilled(15 * time.Second)
+	if !strings.Contains(d.logText(), "crash point reached") {
+		t.Fatalf("the daemon died, but not at its crash point\n%s", d.logText())
+	}
+	d.env = nil
+	d.start()
+
+	// Each sandbox is in the state its last durable step implies.
+	list, err := d.sb.List(t.Context(), &sandboxv1.ListRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]string{"orig": e.sb.GetId(), "new": e.createdID}
+	got := map[string]*sandboxv1.Sandbox{}
+	for _, sb := range list.GetSandboxes() {
+		got[sb.GetId()] = sb
+	}
+	for role, id := range ids {
+		wantState, wantIt := c.want.states[role]
+		sb, found := got[id]
+		switch {
+		case id == "" && wantIt && role == "new":
+			// The call failed when the daemon died: the new sandbox is
+			// the one listed that is not the original.
+			for other, osb := range got {
+				if other != ids["orig"] {
+					id, sb, found = other, osb, true
+					ids["new"] = other
+				}
+			}
+			if !found {
+				t.Errorf("%s sandbox: not listed after the restart, want %v", role, wantState)
+				continue
+			}
+			fallthrough
+		case wantIt:
+			if !found {
+				t.Errorf("%s sandbox %s: not listed after the restart, want %v", role, id, wantState)
+				continue
+			}
+			if sb.GetState() != wantState {
+				t.Errorf("%s sandbox %s: %v after the restart (reason %q), want %v", role, id, sb.GetState(), sb.GetFailureReason(), wantState)
+			}
+		case found:
+			t.Errorf("%s sandbox %s: listed as %v after the restart, want it gone", role, id, sb.GetState())
+		}
+	}
+	for id := range got {
+		if id != ids["orig"] && id != ids["new"] {
+			t.Errorf("unexpected sandbox %s after the restart: %v", id, got[id].GetState())
+		}
+	}
+	checkNothingLeaked(t, d, got, jailed)
+
+	// No committed snapshot is lost, none is half-written, and each one
+	// still restores.
+	snaps, err := d.snap.ListSnapshots(t.Context(), &sandboxv1.ListSnapshotsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(snaps.GetSnapshots()); n != c.want.snapshots {
+		t.Errorf("%d snapshots after the restart, want %d", n, c.want.snapshots)
+	}
+	if tmp := d.snapshotTemps(); len(tmp) != 0 {
+		t.Errorf("half-written snapshots left: %v", tmp)
+	}
+	// A ready sandbox runs (a checkpoint's pause was undone) and can be
+	// checkpointed; its snapshots restore.
+	for _, sb := range got {
+		if sb.GetState() == ready {
+			if st := vmState(t, sb); st != "Running" {
+				t.Errorf("sandbox %s: its VM is %q after the restart, want Running", sb.GetId(), st)
+			}
+		}
+	}
+	for _, s := range snaps.GetSnapshots() {
+		r, err := d.snap.Restore(t.Context(), &sandboxv1.RestoreRequest{SnapshotId: s.GetId()})
+		if err != nil {
+			t.Fatalf("restoring snapshot %s after the restart: %v", s.GetId(), err)
+		}
+		got[r.GetSandbox().GetId()] = d.waitState(r.GetSandbox().GetId(), ready, 15*time.Second)
+	}
+	// The restored daemon creates normally, with an address nobody holds.
+	fresh := createAndWait(t, d, 0)
+	for _, sb := range got {
+		if ip := sb.GetNetwork().GetIpAddress(); ip != "" && ip == fresh.GetNetwork().GetIpAddress() {
+			t.Errorf("new sandbox got address %s, which sandbox %s holds", ip, sb.GetId())
+		}
+	}
+	// d's cleanup stops the daemon ("stop" mode) and checks that no VMM
+	// and no sandbox namespace is left.
+}
+
+// checkNothingLeaked checks, right after a restart, that every VMM process
+// (a process working in a sandbox directory, or listed by jailed) belongs
+// to a ready sandbox, and that sandbox directories and namespaces exist
+// exactly for the listed sandboxes.
+func checkNothingLeaked(t *testing.T, d *daemon, listed map[string]*sandboxv1.Sandbox, jailed func() []int) {
+	t.Helper()
+	sandboxes := filepath.Join(d.data, "sandboxes")
+	owned := map[int]string{}
+	for id, sb := range listed {
+		if sb.GetState() == ready {
+			owned[int(sb.GetProcess().GetPid())] = id
+		}
+	}
+	pids := testutil.ProcessesIn(sandboxes)
+	if jailed != nil {
+		pids = append(pids, jailed()...)
+	}
+	for _, pid := range pids {
+		if _, ok := owned[pid]; !ok {
+			t.Errorf("VMM process %d runs, but no ready sandbox owns it", pid)
+		}
+		delete(owned, pid)
+	}
+	for pid, id := range owned {
+		t.Errorf("ready sandbox %s: its VMM (pid %d) does not run", id, pid)
+	}
+	dirs := d.sandboxDirs()
+	slices.Sort(dirs)
+	var want []string
+	for id := range listed {
+		want = append(want, id)
+	}
+	slices.Sort(want)
+	if !slices.Equal(dirs, want) {
+		t.Errorf("sandbox directories %v, want one per listed sandbox %v", dirs, want)
+	}
+	if d.netns == "" {
+		return
+	}
+	for _, m := range sandboxIDInLog.FindAllStringSubmatch(d.logText(), -1) {
+		_, err := os.Stat("/run/netns/vmm-" + m[1])
+		if _, ok := listed[m[1]]; ok != (err == nil) {
+			t.Errorf("sandbox %s: listed %v, network namespace exists %v", m[1], ok, err == nil)
+		}
+	}
+}
+
+// cgroupProcs returns the pids in the cgroups directly under parent.
+func cgroupProcs(parent string) []int {
+	var pids []int
+	files, _ := filepath.Glob(filepath.Join(parent, "*", "cgroup.procs"))
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		for _, field := range strings.Fields(string(data)) {
+			if pid, err := strconv.Atoi(field); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
