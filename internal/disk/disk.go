@@ -7,8 +7,8 @@
 // copied (copy_file_range, falling back to read/write), so holes stay holes.
 //
 // The destination is created with O_EXCL and mode 0600, synced to disk
-// before Clone returns, and removed again on any failure, including a
-// cancelled context (which is checked between chunks).
+// before Clone returns (unless Options.NoSync), and removed again on any
+// failure, including a cancelled context (which is checked between chunks).
 //
 // It imports the standard library and golang.org/x/sys/unix only.
 package disk
@@ -46,6 +46,11 @@ const fileMode = 0o600
 type Options struct {
 	// NoReflink skips the FICLONE attempt and always makes a sparse copy.
 	NoReflink bool
+	// NoSync skips the fsync of the copy and of its directory, for copies
+	// whose durability does not matter or is ensured later: a sandbox's
+	// own disk (the VM that writes it does not survive the host either),
+	// or a snapshot file that the catalog syncs when it commits.
+	NoSync bool
 }
 
 // Clone gives dst its own copy of the regular file src (see the package
@@ -57,12 +62,17 @@ func Clone(ctx context.Context, src, dst string) error {
 
 // CloneMethod is Clone that also reports which method was used.
 func CloneMethod(ctx context.Context, src, dst string) (Method, error) {
+	return CloneWith(ctx, src, dst, Options{})
+}
+
+// CloneWith is CloneMethod with options.
+func CloneWith(ctx context.Context, src, dst string, opts Options) (Method, error) {
 	f, err := os.OpenFile(src, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", fmt.Errorf("disk: clone %s: %w", src, err)
 	}
 	defer f.Close()
-	return CloneFile(ctx, f, dst, Options{})
+	return CloneFile(ctx, f, dst, opts)
 }
 
 // CloneFile copies the already opened regular file src into the new file
@@ -114,6 +124,9 @@ func cloneFile(ctx context.Context, src *os.File, dst string, opts Options) (met
 	}
 	if err := ctx.Err(); err != nil {
 		return "", err
+	}
+	if opts.NoSync {
+		return method, nil
 	}
 	if err := out.Sync(); err != nil {
 		return "", fmt.Errorf("fsync: %w", err)

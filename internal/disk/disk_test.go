@@ -80,13 +80,15 @@ func TestCloneFile(t *testing.T) {
 		size      int64
 		dataAt    []int64
 		noReflink bool
+		noSync    bool
 	}{
-		{"empty", 0, nil, true},
-		{"all hole", 16 * mib, nil, true},
-		{"sparse", 16 * mib, []int64{0, 10 * mib, 16*mib - 4096}, true},
-		{"dense small", 8192, []int64{0, 4096}, true},
-		{"unaligned size", 10*mib + 123, []int64{5 * mib}, true},
-		{"reflink if supported", 32 * mib, []int64{mib, 20 * mib}, false},
+		{"empty", 0, nil, true, false},
+		{"all hole", 16 * mib, nil, true, false},
+		{"sparse", 16 * mib, []int64{0, 10 * mib, 16*mib - 4096}, true, false},
+		{"dense small", 8192, []int64{0, 4096}, true, false},
+		{"unaligned size", 10*mib + 123, []int64{5 * mib}, true, false},
+		{"reflink if supported", 32 * mib, []int64{mib, 20 * mib}, false, false},
+		{"sparse without fsync", 16 * mib, []int64{0, 10 * mib}, true, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,7 +100,7 @@ func TestCloneFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			m, err := CloneFile(t.Context(), f, dst, Options{NoReflink: tt.noReflink})
+			m, err := CloneFile(t.Context(), f, dst, Options{NoReflink: tt.noReflink, NoSync: tt.noSync})
 			if err != nil {
 				t.Fatal(err)
 			}
