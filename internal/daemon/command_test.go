@@ -28,6 +28,7 @@ func TestMainStartupErrors(t *testing.T) {
 		args []string
 		code int
 		want []string
+		env  string // VMM_CRASH_AT
 	}{
 		{"explicit config missing", []string{"--config", missing}, 1, []string{missing, "does not exist"}},
 		{"bad values", []string{"--config", bad}, 1, []string{"defaults.vcpus", `unknown key "grpc.tcp_adr"`}},
@@ -36,8 +37,10 @@ func TestMainStartupErrors(t *testing.T) {
 		{"bad log level flag", []string{"--config", writeConfig(t, ""), "--log-level", "loud"}, 1, []string{"daemon.log_level (--log-level)"}},
 		{"unknown flag", []string{"--bogus"}, 2, []string{"unknown flag: --bogus"}},
 		{"stray argument", []string{"--config", writeConfig(t, ""), "extra"}, 2, []string{`unexpected argument "extra"`}},
+		{"unknown crash point", []string{"--config", writeConfig(t, "")}, 1, []string{CrashEnv + `="create.nowhere"`, "create.dir"}, "create.nowhere"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(CrashEnv, tc.env)
 			var stdout, stderr bytes.Buffer
 			code := Main(t.Context(), tc.args, &stdout, &stderr)
 			if code != tc.code {
