@@ -30,13 +30,13 @@ func TestMainStartupErrors(t *testing.T) {
 		want []string
 		env  string // VMM_CRASH_AT
 	}{
-		{"explicit config missing", []string{"--config", missing}, 1, []string{missing, "does not exist"}},
-		{"bad values", []string{"--config", bad}, 1, []string{"defaults.vcpus", `unknown key "grpc.tcp_adr"`}},
+		{"explicit config missing", []string{"--config", missing}, 1, []string{missing, "does not exist"}, ""},
+		{"bad values", []string{"--config", bad}, 1, []string{"defaults.vcpus", `unknown key "grpc.tcp_adr"`}, ""},
 		{"tcp without tls", []string{"--config", writeConfig(t, ""), "--tcp-addr", "127.0.0.1:9"}, 1,
-			[]string{"grpc.tcp_addr (--tcp-addr)", "never served without authentication"}},
-		{"bad log level flag", []string{"--config", writeConfig(t, ""), "--log-level", "loud"}, 1, []string{"daemon.log_level (--log-level)"}},
-		{"unknown flag", []string{"--bogus"}, 2, []string{"unknown flag: --bogus"}},
-		{"stray argument", []string{"--config", writeConfig(t, ""), "extra"}, 2, []string{`unexpected argument "extra"`}},
+			[]string{"grpc.tcp_addr (--tcp-addr)", "never served without authentication"}, ""},
+		{"bad log level flag", []string{"--config", writeConfig(t, ""), "--log-level", "loud"}, 1, []string{"daemon.log_level (--log-level)"}, ""},
+		{"unknown flag", []string{"--bogus"}, 2, []string{"unknown flag: --bogus"}, ""},
+		{"stray argument", []string{"--config", writeConfig(t, ""), "extra"}, 2, []string{`unexpected argument "extra"`}, ""},
 		{"unknown crash point", []string{"--config", writeConfig(t, "")}, 1, []string{CrashEnv + `="create.nowhere"`, "create.dir"}, "create.nowhere"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
