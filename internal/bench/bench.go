@@ -152,7 +152,12 @@ func (r Result) Fprint(w io.Writer) {
 
 func round(d time.Duration) string { return d.Round(10 * time.Microsecond).String() }
 
-// Run measures the baseline, then the daemon, with the same options.
+// Run measures the baseline and the daemon (and the daemon with
+// networking) with the same options. The series are interleaved: the N
+// creates of each are made in rounds, and every round runs a chunk of each
+// series (in rotating order), so that drift in the machine's speed during
+// the run affects all series alike. A series' throughput is its creates
+// over the sum of its chunks' wall time.
 func Run(ctx context.Context, o Options) (Result, error) {
 	if o.N <= 0 || o.Concurrency <= 0 {
 		return Result{}, errors.New("bench: N and Concurrency must be > 0")
@@ -168,20 +173,71 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err := prepareImages(o); err != nil {
 		return Result{}, err
 	}
-	base, err := runBaseline(ctx, o)
+	base := newBaseline(o)
+	defer base.close(ctx)
+	dmn, err := startDaemon(ctx, o, "daemon", "")
 	if err != nil {
-		return Result{}, fmt.Errorf("baseline: %w", err)
-	}
-	r := Result{Baseline: base}
-	if err := runDaemon(ctx, o, "daemon", "", &r); err != nil {
 		return Result{}, fmt.Errorf("daemon: %w", err)
 	}
+	defer dmn.close(ctx)
+	all := []series{base, dmn}
 	if o.Network {
-		if err := runNetworked(ctx, o, &r); err != nil {
+		net, cleanup, err := startNetworked(ctx, o)
+		if err != nil {
 			return Result{}, fmt.Errorf("daemon with network: %w", err)
+		}
+		defer cleanup()
+		defer net.close(ctx)
+		all = append(all, net)
+	}
+	stats, err := interleave(ctx, o, all)
+	if err != nil {
+		return Result{}, err
+	}
+	r := Result{Baseline: stats[0], Daemon: stats[1]}
+	if o.Network {
+		r.Network = stats[2]
+	}
+	if o.Snapshots > 0 {
+		if err := dmn.snapshots(ctx, o, &r); err != nil {
+			return Result{}, fmt.Errorf("snapshots: %w", err)
 		}
 	}
 	return r, nil
+}
+
+// series is one way of creating microVMs that Run measures.
+type series interface {
+	// name names the series in the report.
+	name() string
+	// create makes microVM i (0 <= i < N) and returns once it is ready.
+	create(ctx context.Context, i int) error
+}
+
+// interleave runs o.N creates of every series in rounds and summarises
+// each series.
+func interleave(ctx context.Context, o Options, all []series) ([]Stats, error) {
+	chunk := max(4*o.Concurrency, 10)
+	lat := make([][]time.Duration, len(all))
+	wall := make([]time.Duration, len(all))
+	for round, off := 0, 0; off < o.N; round, off = round+1, off+chunk {
+		n := min(chunk, o.N-off)
+		for k := range all {
+			idx := (round + k) % len(all)
+			s := all[idx]
+			l, w, err := parallel(ctx, n, o.Concurrency, func(ctx context.Context, j int) error { return s.create(ctx, off+j) })
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", s.name(), err)
+			}
+			lat[idx] = append(lat[idx], l...)
+			wall[idx] += w
+		}
+	}
+	out := make([]Stats, len(all))
+	for i, s := range all {
+		out[i] = Summarize(s.name(), lat[i], wall[i])
+	}
+	return out, nil
 }
 
 func (o Options) kernel() string { return filepath.Join(o.Dir, "data", "kernels", "vmlinux") }
@@ -240,65 +296,93 @@ func parallel(ctx context.Context, n, c int, fn func(ctx context.Context, i int)
 	return lat, time.Since(start), errors.Join(errs...)
 }
 
-// runBaseline starts and configures Firecracker processes directly.
-func runBaseline(ctx context.Context, o Options) (Stats, error) {
+// baseline starts and configures Firecracker processes directly, with no
+// daemon.
+type baseline struct {
+	o        Options
+	launcher *vmm.DirectLauncher
+	vms      []*vmm.VM
+}
+
+func newBaseline(o Options) *baseline {
 	o.logf("baseline: %d direct starts, concurrency %d", o.N, o.Concurrency)
-	launcher := &vmm.DirectLauncher{Config: vmm.Config{Binary: o.Firecracker, LogLevel: "Warning", Env: o.Env}}
-	vms := make([]*vmm.VM, o.N)
-	defer func() {
-		for _, vm := range vms {
-			if vm != nil {
-				_, _ = vm.Kill(context.WithoutCancel(ctx))
-				_ = vm.Close()
-			}
-		}
-	}()
-	lat, wall, err := parallel(ctx, o.N, o.Concurrency, func(ctx context.Context, i int) error {
-		dir := filepath.Join(o.Dir, "baseline", fmt.Sprintf("vm%04d", i))
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return err
-		}
-		vm, err := vmm.Start(ctx, launcher, vmm.VMSpec{
-			ID: fmt.Sprintf("bench-%d", i), Dir: dir, VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB,
-			Kernel: o.kernel(), BootArgs: bootArgs,
-			Drives:  []vmm.DriveSpec{{ID: "rootfs", Path: o.rootfs(), Root: true}},
-			Logging: vmm.LoggingSpec{LogPath: filepath.Join(dir, "firecracker.log"), MetricsPath: filepath.Join(dir, "firecracker.metrics")},
-		})
-		vms[i] = vm
-		return err
-	})
-	return Summarize("baseline", lat, wall), err
+	return &baseline{o: o, launcher: &vmm.DirectLauncher{Config: vmm.Config{Binary: o.Firecracker, LogLevel: "Warning", Env: o.Env}},
+		vms: make([]*vmm.VM, o.N)}
 }
 
-// runNetworked runs the daemon series with networking on, inside a network
-// namespace created for the run.
-func runNetworked(ctx context.Context, o Options, r *Result) error {
-	name := fmt.Sprintf("vmmbench-%d", os.Getpid())
-	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", name).CombinedOutput(); err != nil {
-		return fmt.Errorf("creating network namespace %s (needs root and iproute2): %v: %s", name, err, out)
-	}
-	defer func() { _ = exec.Command("ip", "netns", "del", name).Run() }()
-	if out, err := exec.CommandContext(ctx, "ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		return fmt.Errorf("lo up: %v: %s", err, out)
-	}
-	o.Snapshots = 0
-	return runDaemon(ctx, o, "daemon+net", "/run/netns/"+name, r)
-}
+func (b *baseline) name() string { return "baseline" }
 
-// runDaemon starts vmm-daemon (inside the network namespace at netns, with
-// networking on, when netns is set) and measures Create until the ready
-// event.
-// The create series lands in r.Daemon (r.Network with netns), the snapshot
-// series in r.Pause, r.Checkpoint and r.Restore.
-func runDaemon(ctx context.Context, o Options, name, netns string, r *Result) error {
-	o.logf("%s: %d creates through vmm-daemon, concurrency %d", name, o.N, o.Concurrency)
-	dir := filepath.Join(o.Dir, name)
+func (b *baseline) create(ctx context.Context, i int) error {
+	o := b.o
+	dir := filepath.Join(o.Dir, "baseline", fmt.Sprintf("vm%04d", i))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+	vm, err := vmm.Start(ctx, b.launcher, vmm.VMSpec{
+		ID: fmt.Sprintf("bench-%d", i), Dir: dir, VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB,
+		Kernel: o.kernel(), BootArgs: bootArgs,
+		Drives:  []vmm.DriveSpec{{ID: "rootfs", Path: o.rootfs(), Root: true}},
+		Logging: vmm.LoggingSpec{LogPath: filepath.Join(dir, "firecracker.log"), MetricsPath: filepath.Join(dir, "firecracker.metrics")},
+	})
+	b.vms[i] = vm // each index is written by one worker only
+	return err
+}
+
+// close kills every microVM the baseline started.
+func (b *baseline) close(ctx context.Context) {
+	for _, vm := range b.vms {
+		if vm != nil {
+			_, _ = vm.Kill(context.WithoutCancel(ctx))
+			_ = vm.Close()
+		}
+	}
+}
+
+// startNetworked starts the daemon series with networking on, inside a
+// network namespace created for the run; cleanup deletes the namespace.
+func startNetworked(ctx context.Context, o Options) (*daemonSeries, func(), error) {
+	name := fmt.Sprintf("vmmbench-%d", os.Getpid())
+	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", name).CombinedOutput(); err != nil {
+		return nil, nil, fmt.Errorf("creating network namespace %s (needs root and iproute2): %v: %s", name, err, out)
+	}
+	cleanup := func() { _ = exec.Command("ip", "netns", "del", name).Run() }
+	if out, err := exec.CommandContext(ctx, "ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		cleanup()
+		return nil, nil, fmt.Errorf("lo up: %v: %s", err, out)
+	}
+	d, err := startDaemon(ctx, o, "daemon+net", "/run/netns/"+name)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return d, cleanup, nil
+}
+
+// daemonSeries creates sandboxes through a vmm-daemon it started (inside
+// the network namespace at netns, with networking on, when netns is set)
+// and measures Create until the ready event.
+type daemonSeries struct {
+	label  string
+	cmd    *exec.Cmd
+	log    *os.File
+	conn   *grpc.ClientConn
+	sb     sandboxv1.SandboxServiceClient
+	w      *waiters
+	cancel context.CancelFunc // ends the event stream
+	// ids are the sandboxes created (index i by create(i)); restored
+	// ones are appended by snapshots.
+	ids []string
+}
+
+func startDaemon(ctx context.Context, o Options, label, netns string) (_ *daemonSeries, err error) {
+	o.logf("%s: %d creates through vmm-daemon, concurrency %d", label, o.N, o.Concurrency)
+	dir := filepath.Join(o.Dir, label)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
 	fc, err := wrapper(dir, o.Firecracker, o.Env)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sock := filepath.Join(dir, "vmm.sock")
 	cfg := filepath.Join(dir, "config.toml")
@@ -322,93 +406,108 @@ boot_args = %q
 
 [limits]
 max_sandboxes = %d
+allowed_dirs = [%q, %q]
 
 [daemon]
 log_level = "warn"
 on_shutdown = "stop"
-`, fc, filepath.Join(o.Dir, "data"), sock, o.VCPUs, o.MemoryMiB, o.kernel(), o.rootfs(), bootArgs, networkConf(netns), o.N+o.Snapshots+10)
+`, fc, filepath.Join(dir, "data"), sock, o.VCPUs, o.MemoryMiB, o.kernel(), o.rootfs(), bootArgs, networkConf(netns), o.N+o.Snapshots+10,
+		filepath.Dir(o.kernel()), filepath.Dir(o.rootfs()))
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		return err
+		return nil, err
 	}
-	daemonLog, err := os.Create(filepath.Join(dir, "daemon.log"))
-	if err != nil {
-		return err
+	d := &daemonSeries{label: label, ids: make([]string, o.N)}
+	if d.log, err = os.Create(filepath.Join(dir, "daemon.log")); err != nil {
+		return nil, err
 	}
-	defer daemonLog.Close()
-	cmd := exec.Command(o.Daemon, "--config", cfg)
+	d.cmd = exec.Command(o.Daemon, "--config", cfg)
 	if netns != "" {
-		cmd = exec.Command("nsenter", "--net="+netns, o.Daemon, "--config", cfg)
+		d.cmd = exec.Command("nsenter", "--net="+netns, o.Daemon, "--config", cfg)
 	}
-	cmd.Stdout, cmd.Stderr = daemonLog, daemonLog
-	if err := cmd.Start(); err != nil {
-		return err
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		d.log.Close()
+		return nil, err
 	}
 	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
+		if err != nil {
+			d.close(ctx)
 		}
 	}()
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
+	if d.conn, err = grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		return nil, err
 	}
-	defer conn.Close()
-	sb := sandboxv1.NewSandboxServiceClient(conn)
-	if err := waitServing(ctx, sb, cmd); err != nil {
-		log, _ := os.ReadFile(daemonLog.Name())
-		return fmt.Errorf("%w\ndaemon log:\n%s", err, log)
+	d.sb = sandboxv1.NewSandboxServiceClient(d.conn)
+	if err := waitServing(ctx, d.sb, d.cmd); err != nil {
+		log, _ := os.ReadFile(d.log.Name())
+		return nil, fmt.Errorf("%w\ndaemon log:\n%s", err, log)
 	}
-
 	// One event stream feeds per-id waiters; events may arrive before
 	// Create returns, so outcomes are kept until claimed.
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := sb.Events(sctx, &sandboxv1.EventsRequest{Actions: []string{"ready", "failed"}})
+	d.cancel = cancel
+	stream, err := d.sb.Events(sctx, &sandboxv1.EventsRequest{Actions: []string{"ready", "failed"}})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	w := newWaiters()
+	d.w = newWaiters()
 	go func() {
 		for {
 			ev, err := stream.Recv()
 			if err != nil {
-				w.fail(err)
+				d.w.fail(err)
 				return
 			}
-			w.deliver(ev)
+			d.w.deliver(ev)
 		}
 	}()
-	ids := make([]string, o.N)
-	lat, wall, runErr := parallel(ctx, o.N, o.Concurrency, func(ctx context.Context, i int) error {
-		resp, err := sb.Create(ctx, &sandboxv1.CreateRequest{Ttl: durationpb.New(0)})
-		if err != nil {
-			return err
+	return d, nil
+}
+
+func (d *daemonSeries) name() string { return d.label }
+
+func (d *daemonSeries) create(ctx context.Context, i int) error {
+	resp, err := d.sb.Create(ctx, &sandboxv1.CreateRequest{Ttl: durationpb.New(0)})
+	if err != nil {
+		return err
+	}
+	d.ids[i] = resp.GetSandbox().GetId() // each index is written by one worker only
+	return d.w.waitReady(ctx, d.ids[i])
+}
+
+// snapshots runs the checkpoint and restore series on the first sandbox.
+func (d *daemonSeries) snapshots(ctx context.Context, o Options, r *Result) error {
+	restored, err := runSnapshots(ctx, o, d.conn, d.w, d.ids[0], r)
+	d.ids = append(d.ids, restored...)
+	return err
+}
+
+// close removes every sandbox, ends the event stream and stops the daemon
+// (SIGTERM; SIGKILL after 30 s).
+func (d *daemonSeries) close(ctx context.Context) {
+	if d.sb != nil {
+		for _, id := range d.ids {
+			if id != "" {
+				_, _ = d.sb.Remove(context.WithoutCancel(ctx), &sandboxv1.RemoveRequest{Id: id, Force: true})
+			}
 		}
-		ids[i] = resp.GetSandbox().GetId()
-		return w.waitReady(ctx, ids[i])
-	})
-	if netns == "" {
-		r.Daemon = Summarize(name, lat, wall)
-	} else {
-		r.Network = Summarize(name, lat, wall)
 	}
-	if runErr == nil && o.Snapshots > 0 {
-		restored, err := runSnapshots(ctx, o, conn, w, ids[0], r)
-		ids = append(ids, restored...)
-		runErr = err
+	if d.cancel != nil {
+		d.cancel()
 	}
-	for _, id := range ids {
-		if id != "" {
-			_, _ = sb.Remove(context.WithoutCancel(ctx), &sandboxv1.RemoveRequest{Id: id, Force: true})
-		}
+	if d.conn != nil {
+		d.conn.Close()
 	}
-	return runErr
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = d.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-done
+	}
+	d.log.Close()
 }
 
 // runSnapshots checkpoints sandbox id o.Snapshots times, then restores
