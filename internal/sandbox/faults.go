@@ -36,8 +36,8 @@ const (
 	// CrashCheckpointResumed: the VM runs again; the snapshot is not
 	// committed.
 	CrashCheckpointResumed = "checkpoint.resumed"
-	// CrashCheckpointCommitted: the snapshot is in the catalog; the
-	// sandbox's record does not name it yet.
+	// CrashCheckpointCommitted: the snapshot is in the catalog; neither
+	// its store record nor the sandbox's record names it yet.
 	CrashCheckpointCommitted = "checkpoint.committed"
 	// CrashRestoreFiles: the restored sandbox's directory holds its disk
 	// copy and snapshot files; nothing is recorded.

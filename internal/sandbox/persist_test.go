@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -142,5 +143,65 @@ func TestRecoverFake(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "sandboxes", "dddddddddddd")); !os.IsNotExist(err) {
 		t.Errorf("expired sandbox directory: %v", err)
+	}
+}
+
+// Checkpoint and DeleteSnapshot keep the store's snapshot records in step
+// with the catalog, and Recover repairs a store that missed either.
+func TestSnapshotRecordsFollowCatalogFake(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	e := newSnapEnv(t, &fakeRuntime{}, func(c *Config) { c.Store = st })
+	ctx := t.Context()
+	s := e.ready(t, CreateRequest{})
+	ids := func() []string {
+		recs, err := st.ListSnapshots(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range recs {
+			out = append(out, r.ID)
+		}
+		slices.Sort(out)
+		return out
+	}
+	a, err := e.m.Checkpoint(ctx, CheckpointRequest{SandboxID: s.ID, Name: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.m.Checkpoint(ctx, CheckpointRequest{SandboxID: s.ID, Name: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{a.ID, b.ID}
+	slices.Sort(want)
+	if got := ids(); !slices.Equal(got, want) {
+		t.Fatalf("records after two checkpoints: %v, want %v", got, want)
+	}
+	recs, _ := st.ListSnapshots(ctx)
+	if r := recs[slices.IndexFunc(recs, func(r store.SnapshotRecord) bool { return r.ID == a.ID })]; r.Dir != a.Dir || r.Dir == "" ||
+		r.SandboxID != s.ID || r.Name != "a" || r.SizeBytes != a.SizeBytes() {
+		t.Fatalf("record of a = %+v, meta %+v", r, a)
+	}
+	if err := e.m.DeleteSnapshot(ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(); !slices.Equal(got, []string{a.ID}) {
+		t.Fatalf("records after deleting b: %v", got)
+	}
+
+	// A daemon that died between commit and record, and a record whose
+	// files vanished: Recover fixes both.
+	if err := st.DeleteSnapshot(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutSnapshot(ctx, store.SnapshotRecord{ID: "1m8hgone0000", Dir: "/nowhere"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.reconcileSnapshots(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(); !slices.Equal(got, []string{a.ID}) {
+		t.Fatalf("records after reconciling: %v, want [%s]", got, a.ID)
 	}
 }

@@ -1,10 +1,13 @@
 // Package store is the daemon's durable state: an embedded bbolt database
 // (data_dir/state.db) holding sandbox records, address leases, TTL
-// deadlines (inside the sandbox records) and a bounded, sequenced event
-// history. Every write is one bbolt transaction that is fsync'd before the
-// call returns, so a change is on disk before the RPC that made it answers.
+// deadlines (inside the sandbox records), snapshot records (an index of the
+// snapshot catalog) and a bounded, sequenced event history. Every write is
+// committed and fsync'd before the call returns, so a change is on disk
+// before the RPC that made it answers; writes that queue while another
+// commits share the next transaction (group commit).
 //
-// The record types here (SandboxRecord, Lease, EventRecord) belong to the
+// The record types here (SandboxRecord, Lease, SnapshotRecord,
+// EventRecord) belong to the
 // store: they are plain structs with explicit JSON tags, separate from the
 // proto and domain types, and the sandbox manager converts. The package
 // imports errdefs, bbolt and the standard library; it knows nothing of gRPC.
@@ -20,14 +23,16 @@
 //	│   └── <sandbox id> : SandboxRecord (JSON)
 //	├── leases
 //	│   └── <ip, 4 or 16 bytes> : Lease (JSON)
+//	├── snapshots                        // since version 2
+//	│   └── <snapshot id> : SnapshotRecord (JSON)
 //	└── events
 //	    └── <seq, uint64 big-endian> : EventRecord (JSON)
 //	                                     // contiguous, oldest trimmed past Options.EventHistory
 //
 // Open refuses a database whose version is newer than schemaVersion, or that
 // holds a top-level bucket other than v1 (a schema this binary does not
-// know), and runs the migrations list (empty today) to bring an older one
-// up to date inside one transaction.
+// know), and runs the migrations list to bring an older one up to date
+// inside one transaction (version 2 added the snapshots bucket).
 //
 // On every schema change: update the drawing above, add a migration to
 // migrations() and bump schemaVersion.

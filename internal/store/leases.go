@@ -89,20 +89,7 @@ func (s *Store) DeleteLease(ctx context.Context, ip netip.Addr) error {
 
 // ListLeases returns every lease, IPv4 before IPv6, each in address order.
 func (s *Store) ListLeases(ctx context.Context) ([]Lease, error) {
-	var out []Lease
-	err := s.view(ctx, func(root *bolt.Bucket) error {
-		return root.Bucket(bktLeases).ForEach(func(k, v []byte) error {
-			var l Lease
-			if err := decode(v, &l); err != nil {
-				return fmt.Errorf("lease %x: %w", k, err)
-			}
-			out = append(out, l)
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list leases: %w", err)
-	}
+	out, err := listAll[Lease](ctx, s, bktLeases, "lease")
 	slices.SortFunc(out, func(a, b Lease) int { return a.IP.Compare(b.IP) })
-	return out, nil
+	return out, err
 }

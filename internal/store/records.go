@@ -113,3 +113,23 @@ type EventRecord struct {
 	Time       time.Time         `json:"time"`
 	Attributes map[string]string `json:"attributes,omitempty"`
 }
+
+// SnapshotRecord indexes one committed snapshot. The snapshot's files and
+// its meta.json live in the catalog (data_dir/snapshots); the record is
+// written once the catalog has committed the snapshot and deleted when
+// the catalog has removed it, and the daemon reconciles both at start.
+type SnapshotRecord struct {
+	ID        string    `json:"id"`
+	SandboxID string    `json:"sandbox_id"`
+	Name      string    `json:"name"`
+	Type      string    `json:"type"`
+	ParentID  string    `json:"parent_id,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	// Dir is the snapshot's directory in the catalog.
+	Dir       string `json:"dir"`
+	SizeBytes int64  `json:"size_bytes"`
+	// FirecrackerVersion and SnapshotVersion are those of the binary that
+	// wrote it.
+	FirecrackerVersion string `json:"firecracker_version,omitempty"`
+	SnapshotVersion    string `json:"snapshot_version,omitempty"`
+}

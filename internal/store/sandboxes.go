@@ -12,20 +12,7 @@ import (
 // PutSandbox creates or replaces a sandbox record. It is durable when it
 // returns.
 func (s *Store) PutSandbox(ctx context.Context, rec SandboxRecord) error {
-	if err := validKey("sandbox id", rec.ID); err != nil {
-		return err
-	}
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("encode sandbox %q: %w", rec.ID, err)
-	}
-	err = s.update(ctx, func(root *bolt.Bucket) error {
-		return root.Bucket(bktSandboxes).Put([]byte(rec.ID), data)
-	})
-	if err != nil {
-		return fmt.Errorf("put sandbox %q: %w", rec.ID, err)
-	}
-	return nil
+	return putJSON(ctx, s, bktSandboxes, "sandbox", rec.ID, rec)
 }
 
 // CreateSandbox stores a new sandbox's record together with its address
@@ -85,21 +72,7 @@ func (s *Store) GetSandbox(ctx context.Context, id string) (SandboxRecord, error
 
 // ListSandboxes returns every sandbox record, ordered by id.
 func (s *Store) ListSandboxes(ctx context.Context) ([]SandboxRecord, error) {
-	var recs []SandboxRecord
-	err := s.view(ctx, func(root *bolt.Bucket) error {
-		return root.Bucket(bktSandboxes).ForEach(func(k, v []byte) error {
-			var rec SandboxRecord
-			if err := decode(v, &rec); err != nil {
-				return fmt.Errorf("sandbox %q: %w", k, err)
-			}
-			recs = append(recs, rec)
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list sandboxes: %w", err)
-	}
-	return recs, nil
+	return listAll[SandboxRecord](ctx, s, bktSandboxes, "sandbox")
 }
 
 // DeleteSandbox deletes a sandbox record and, in the same transaction,

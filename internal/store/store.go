@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -32,7 +33,7 @@ const (
 // The schema. See the package comment for the drawing.
 const (
 	schemaBucket  = "v1"
-	schemaVersion = 1
+	schemaVersion = 2
 )
 
 var (
@@ -41,7 +42,11 @@ var (
 	bktSandboxes = []byte("sandboxes")
 	bktLeases    = []byte("leases")
 	bktEvents    = []byte("events")
+	bktSnapshots = []byte("snapshots") // since version 2
 )
+
+// buckets lists the buckets inside v1 of the current schema.
+func buckets() [][]byte { return [][]byte{bktSandboxes, bktLeases, bktEvents, bktSnapshots} }
 
 // migration upgrades a schema-v1 database from version-1 to version inside
 // the open transaction.
@@ -50,8 +55,16 @@ type migration struct {
 	migrate func(tx *bolt.Tx) error
 }
 
-// migrations lists the upgrades, oldest first. Empty: version 1 is the first.
-func migrations() []migration { return nil }
+// migrations lists the upgrades, oldest first.
+func migrations() []migration {
+	return []migration{
+		// 2: snapshot records.
+		{version: 2, migrate: func(tx *bolt.Tx) error {
+			_, err := tx.Bucket([]byte(schemaBucket)).CreateBucketIfNotExists(bktSnapshots)
+			return err
+		}},
+	}
+}
 
 // ErrLocked is returned (wrapped) when another process holds the data
 // directory's lock or the database file.
@@ -243,7 +256,7 @@ func (s *Store) prepare() error {
 			if err := root.Put(keyEventSeq, u64(0)); err != nil {
 				return err
 			}
-			for _, name := range [][]byte{bktSandboxes, bktLeases, bktEvents} {
+			for _, name := range buckets() {
 				if _, err := root.CreateBucket(name); err != nil {
 					return err
 				}
@@ -274,7 +287,7 @@ func (s *Store) prepare() error {
 	// The shape must be complete after init or migration.
 	return s.db.View(func(tx *bolt.Tx) error {
 		root := tx.Bucket([]byte(schemaBucket))
-		for _, name := range [][]byte{bktSandboxes, bktLeases, bktEvents} {
+		for _, name := range buckets() {
 			if root.Bucket(name) == nil {
 				return corruptErr(s.path, fmt.Errorf("bucket %s/%s is missing", schemaBucket, name))
 			}
@@ -413,6 +426,43 @@ func (s *Store) commit(batch []*write) {
 		}
 		return
 	}
+}
+
+// listAll decodes every value of bucket bkt (JSON records of type T), in
+// key order; what names the records in errors.
+func listAll[T any](ctx context.Context, s *Store, bkt []byte, what string) ([]T, error) {
+	var out []T
+	err := s.view(ctx, func(root *bolt.Bucket) error {
+		return root.Bucket(bkt).ForEach(func(k, v []byte) error {
+			var rec T
+			if err := decode(v, &rec); err != nil {
+				return fmt.Errorf("%s %q: %w", what, k, err)
+			}
+			out = append(out, rec)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %ss: %w", what, err)
+	}
+	return out, nil
+}
+
+// putJSON stores rec as JSON under key id in bucket bkt; what names the
+// record in errors.
+func putJSON(ctx context.Context, s *Store, bkt []byte, what, id string, rec any) error {
+	if err := validKey(what+" id", id); err != nil {
+		return err
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode %s %q: %w", what, id, err)
+	}
+	err = s.update(ctx, func(root *bolt.Bucket) error { return root.Bucket(bkt).Put([]byte(id), data) })
+	if err != nil {
+		return fmt.Errorf("put %s %q: %w", what, id, err)
+	}
+	return nil
 }
 
 // u64 encodes v as 8 big-endian bytes.

@@ -679,3 +679,85 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 		t.Fatalf("after reopening: %d records, %v", len(recs), err)
 	}
 }
+
+func TestSnapshotRecords(t *testing.T) {
+	ctx := t.Context()
+	s := openStore(t, "", Options{})
+	at := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	recs := []SnapshotRecord{
+		{ID: "snap-a", SandboxID: "sb-1", Name: "first", Type: "Full", CreatedAt: at, Dir: "/d/sb-1/snap-a", SizeBytes: 42,
+			FirecrackerVersion: "1.16.1", SnapshotVersion: "10.0.0"},
+		{ID: "snap-b", SandboxID: "sb-1", Name: "second", Type: "Diff", ParentID: "snap-a", CreatedAt: at, Dir: "/d/sb-1/snap-b"},
+	}
+	for _, r := range recs {
+		if err := s.PutSnapshot(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.ListSnapshots(ctx)
+	if err != nil || !reflect.DeepEqual(got, recs) {
+		t.Fatalf("ListSnapshots = %+v, %v; want %+v", got, err, recs)
+	}
+	if err := s.DeleteSnapshot(ctx, "snap-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteSnapshot(ctx, "snap-a"); !errdefs.IsNotFound(err) {
+		t.Fatalf("second DeleteSnapshot = %v, want not found", err)
+	}
+	if err := s.PutSnapshot(ctx, SnapshotRecord{}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("PutSnapshot without id = %v, want invalid argument", err)
+	}
+	if got, _ = s.ListSnapshots(ctx); len(got) != 1 || got[0].ID != "snap-b" {
+		t.Fatalf("after delete: %+v", got)
+	}
+}
+
+// A version-1 database (no snapshots bucket) is migrated in place to the
+// current version, keeping its records.
+func TestMigrateFromVersion1(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	s, err := Open(Path(dir), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutSandbox(ctx, SandboxRecord{ID: "sb-old", State: "ready"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(Path(dir), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		root := tx.Bucket([]byte(schemaBucket))
+		if err := root.DeleteBucket(bktSnapshots); err != nil {
+			return err
+		}
+		return root.Put(keyVersion, u64(1))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openStore(t, dir, Options{})
+	if rec, err := s.GetSandbox(ctx, "sb-old"); err != nil || rec.State != "ready" {
+		t.Fatalf("record after migration: %+v, %v", rec, err)
+	}
+	if err := s.PutSnapshot(ctx, SnapshotRecord{ID: "snap-new"}); err != nil {
+		t.Fatalf("PutSnapshot after migration: %v", err)
+	}
+	var version uint64
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		version = decodeU64(tx.Bucket([]byte(schemaBucket)).Get(keyVersion))
+		return nil
+	})
+	if version != schemaVersion {
+		t.Fatalf("version %d after migration, want %d", version, schemaVersion)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	sandboxv1 "github.com/firecracker-vmm/firecracker-vmm/api/sandbox/v1"
 	vmmdaemon "github.com/firecracker-vmm/firecracker-vmm/internal/daemon"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/store"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
 )
 
@@ -157,41 +158,50 @@ func TestJailedCrashLeavesNoJail(t *testing.T) {
 			dir := testutil.ShortDir(t)
 			section, base, parent := jailerSection(t, dir)
 			d := startDaemonAt(t, dir, options{extra: section, env: []string{vmmdaemon.CrashEnv + "=" + point}})
-			runCrashCase(t, d, c, func() []int { return cgroupProcs(filepath.Join("/sys/fs/cgroup/cpu", parent)) })
 			defer func() {
 				if t.Failed() {
 					t.Log(d.logText())
 				}
 			}()
-			// A jail exists exactly for each sandbox that has a VMM.
-			jails, _ := filepath.Glob(filepath.Join(base, "*", "*"))
-			list, err := d.sb.List(t.Context(), &sandboxv1.ListRequest{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var want []string
-			for _, sb := range list.GetSandboxes() {
-				if sb.GetState() == ready {
-					want = append(want, jailOf(sb))
-				}
-			}
-			slices.Sort(jails)
-			slices.Sort(want)
-			if !slices.Equal(jails, want) {
-				t.Errorf("jails after the restart: %v, want %v", jails, want)
-			}
-			cgroups, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/cpu", parent, "*", "cgroup.procs"))
-			if len(cgroups) != len(want) {
-				t.Errorf("cgroups after the restart: %v, want %d", cgroups, len(want))
-			}
+			runCrashCase(t, d, c, &jailDirs{base: base, cgroup: filepath.Join("/sys/fs/cgroup/cpu", parent)})
 		})
 	}
 }
 
+// jailDirs are where a jailed test's jails and (cpu) cgroups live.
+type jailDirs struct {
+	base, cgroup string
+}
+
+// procs returns the pids in the jails' cgroups.
+func (j *jailDirs) procs() []int { return cgroupProcs(j.cgroup) }
+
+// check checks that a jail and a cgroup exist exactly for each ready
+// sandbox.
+func (j *jailDirs) check(t *testing.T, listed map[string]*sandboxv1.Sandbox) {
+	t.Helper()
+	jails, _ := filepath.Glob(filepath.Join(j.base, "*", "*"))
+	var want []string
+	for _, sb := range listed {
+		if sb.GetState() == ready {
+			want = append(want, jailOf(sb))
+		}
+	}
+	slices.Sort(jails)
+	slices.Sort(want)
+	if !slices.Equal(jails, want) {
+		t.Errorf("jails after the restart: %v, want %v", jails, want)
+	}
+	cgroups, _ := filepath.Glob(filepath.Join(j.cgroup, "*", "cgroup.procs"))
+	if len(cgroups) != len(want) {
+		t.Errorf("cgroups after the restart: %v, want %d", cgroups, len(want))
+	}
+}
+
 // runCrashCase sets up, runs the operation until the daemon dies at c's
-// crash point, restarts the daemon and checks what it finds. jailed, when
-// set, lists the processes in the test's jail cgroups.
-func runCrashCase(t *testing.T, d *daemon, c crashCase, jailed func() []int) {
+// crash point, restarts the daemon and checks what it finds. jail is nil
+// unless the daemon jails its VMMs.
+func runCrashCase(t *testing.T, d *daemon, c crashCase, jail *jailDirs) {
 	e := &crashEnv{d: d}
 	switch c.setup {
 	case "ready", "snapshot", "stopped":
@@ -262,6 +272,11 @@ func runCrashCase(t *testing.T, d *daemon, c crashCase, jailed func() []int) {
 			t.Errorf("unexpected sandbox %s after the restart: %v", id, got[id].GetState())
 		}
 	}
+	var jailed func() []int
+	if jail != nil {
+		jailed = jail.procs
+		jail.check(t, got)
+	}
 	checkNothingLeaked(t, d, got, jailed)
 
 	// No committed snapshot is lost, none is half-written, and each one
@@ -299,8 +314,31 @@ func runCrashCase(t *testing.T, d *daemon, c crashCase, jailed func() []int) {
 			t.Errorf("new sandbox got address %s, which sandbox %s holds", ip, sb.GetId())
 		}
 	}
-	// d's cleanup stops the daemon ("stop" mode) and checks that no VMM
-	// and no sandbox namespace is left.
+	// Stopped ("stop" mode: d.stop checks that no VMM and no sandbox
+	// namespace is left), the store indexes exactly the catalog's
+	// snapshots.
+	d.stop()
+	st, err := store.Open(store.Path(d.data), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	recs, err := st.ListSnapshots(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recorded, catalog []string
+	for _, r := range recs {
+		recorded = append(recorded, r.ID)
+	}
+	for _, s := range snaps.GetSnapshots() {
+		catalog = append(catalog, s.GetId())
+	}
+	slices.Sort(recorded)
+	slices.Sort(catalog)
+	if !slices.Equal(recorded, catalog) {
+		t.Errorf("store snapshot records %v, catalog %v", recorded, catalog)
+	}
 }
 
 // checkNothingLeaked checks, right after a restart, that every VMM process
