@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -21,19 +23,11 @@ func TestMain(m *testing.M) {
 // offsets (4 KiB of a non-zero pattern each).
 func makeSparse(t *testing.T, path string, size int64, dataAt ...int64) {
 	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
+	var rs []testutil.Region
 	for i, off := range dataAt {
-		if _, err := f.WriteAt(bytes.Repeat([]byte{byte('a' + i)}, 4096), off); err != nil {
-			t.Fatal(err)
-		}
+		rs = append(rs, testutil.Region{Off: off, Data: bytes.Repeat([]byte{byte('a' + i)}, 4096)})
 	}
+	testutil.WriteSparse(t, path, size, rs...)
 }
 
 func blocks(t *testing.T, path string) int64 {

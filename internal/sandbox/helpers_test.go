@@ -18,6 +18,7 @@ import (
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/firecracker"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -439,17 +440,7 @@ func writeFile(t *testing.T, path string, size int) {
 // writeSparse creates a sparse file of size bytes with a little data.
 func writeSparse(t *testing.T, path string, size int64) {
 	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte("rootfs-data"), 1<<20); err != nil {
-		t.Fatal(err)
-	}
+	testutil.WriteSparse(t, path, size, testutil.Region{Off: 1 << 20, Data: []byte("rootfs-data")})
 }
 
 // waitState polls until sandbox id is in state want.

@@ -12,7 +12,8 @@ func mergeDiff(ctx context.Context, baseMem, diffLayer, out string) error {
 	return snapshot.MergeDiff(ctx, baseMem, diffLayer, out)
 }
 
-// verifyFile checks a snapshot file's size and, with checksum, its SHA-256.
+// verifyFile checks a snapshot file's size and, with checksum, its checksum
+// (the algorithm meta.json names).
 func verifyFile(path string, fi snapshot.FileInfo, checksum bool) error {
 	return snapshot.VerifyFile(path, fi, checksum)
 }

@@ -2,12 +2,11 @@ package snapshot
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -38,7 +37,7 @@ func openRegular(path string) (*os.File, os.FileInfo, error) {
 }
 
 // syncAndHash fsyncs the regular file at path and returns its size and
-// SHA-256 (Name is left empty).
+// AlgorithmSHA256Chunked4M checksum (Name is left empty).
 func syncAndHash(ctx context.Context, path string) (FileInfo, error) {
 	f, st, err := openRegular(path)
 	if err != nil {
@@ -48,49 +47,29 @@ func syncAndHash(ctx context.Context, path string) (FileInfo, error) {
 	if err := f.Sync(); err != nil {
 		return FileInfo{}, fmt.Errorf("fsync %s: %w", path, err)
 	}
-	sum, n, err := hashFile(ctx, f)
+	sum, err := checksum(ctx, f, st.Size(), AlgorithmSHA256Chunked4M)
 	if err != nil {
 		return FileInfo{}, fmt.Errorf("checksum %s: %w", path, err)
 	}
-	if n != st.Size() {
-		return FileInfo{}, fmt.Errorf("checksum %s: read %d bytes, file has %d (changed while reading?)", path, n, st.Size())
-	}
-	return FileInfo{Size: n, SHA256: sum}, nil
-}
-
-// hashFile returns the hex SHA-256 of f's content from offset 0 and the
-// number of bytes read, checking ctx between 1 MiB chunks.
-func hashFile(ctx context.Context, f *os.File) (string, int64, error) {
-	h := sha256.New()
-	buf := make([]byte, bufSize)
-	var off int64
-	for {
-		if err := ctx.Err(); err != nil {
-			return "", off, err
-		}
-		n, err := f.ReadAt(buf, off)
-		h.Write(buf[:n])
-		off += int64(n)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return "", off, err
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil)), off, nil
+	return FileInfo{Size: st.Size(), Algorithm: AlgorithmSHA256Chunked4M, SHA256: sum}, nil
 }
 
 // VerifyFile checks the file at path against fi: it must be a regular file
 // (not a symlink) of size fi.Size and, when checksum is set, have the
-// SHA-256 fi.SHA256. A mismatch or a missing file is
+// checksum fi.SHA256 computed with fi.Algorithm (the legacy whole-file
+// SHA-256 when empty, or AlgorithmSHA256Chunked4M). A mismatch, a missing
+// file or, with checksum, an unknown algorithm is
 // errdefs.ErrFailedPrecondition.
 func VerifyFile(path string, fi FileInfo, checksum bool) error {
 	return VerifyFileContext(context.Background(), path, fi, checksum)
 }
 
 // VerifyFileContext is VerifyFile bounded by ctx while checksumming.
-func VerifyFileContext(ctx context.Context, path string, fi FileInfo, checksum bool) error {
+func VerifyFileContext(ctx context.Context, path string, fi FileInfo, verifySum bool) error {
+	if verifySum && !knownAlgorithm(fi.Algorithm) {
+		return fmt.Errorf("snapshot file %s: unknown checksum algorithm %s: %w", path, strconv.QuoteToASCII(fi.Algorithm),
+			errdefs.ErrFailedPrecondition)
+	}
 	f, st, err := openRegular(path)
 	if err != nil {
 		return fmt.Errorf("snapshot file: %w: %w", err, errdefs.ErrFailedPrecondition)
@@ -100,15 +79,18 @@ func VerifyFileContext(ctx context.Context, path string, fi FileInfo, checksum b
 		return fmt.Errorf("snapshot file %s has %d bytes, meta.json says %d: %w", path, st.Size(), fi.Size,
 			errdefs.ErrFailedPrecondition)
 	}
-	if !checksum {
+	if !verifySum {
 		return nil
 	}
-	sum, n, err := hashFile(ctx, f)
+	sum, err := checksum(ctx, f, fi.Size, fi.Algorithm)
+	if errors.Is(err, errFileChanged) {
+		return fmt.Errorf("snapshot file %s: checksum: %w: %w", path, err, errdefs.ErrFailedPrecondition)
+	}
 	if err != nil {
 		return fmt.Errorf("snapshot file %s: checksum: %w", path, err)
 	}
-	if n != fi.Size || sum != fi.SHA256 {
-		return fmt.Errorf("snapshot file %s: sha256 %s, meta.json says %s: %w", path, sum, fi.SHA256,
+	if sum != fi.SHA256 {
+		return fmt.Errorf("snapshot file %s: %s %s, meta.json says %s: %w", path, algorithmName(fi.Algorithm), sum, fi.SHA256,
 			errdefs.ErrFailedPrecondition)
 	}
 	return nil

@@ -4,17 +4,25 @@
 //
 // A snapshot is written by the caller into a temporary directory
 // snapshots/{sandbox-id}/.tmp-{snapshot-id}/ obtained from Catalog.Begin.
-// Catalog.Commit syncs the files, records their sizes and SHA-256 checksums
-// in meta.json (written under a temporary name, synced and renamed) and
+// Catalog.Commit syncs the files, records their sizes and checksums in
+// meta.json (written under a temporary name, synced and renamed) and
 // renames the directory into place, so a snapshot directory either is
 // complete or does not exist under its final name. Catalog.Abort, or any
 // failure of Commit, removes everything.
 //
+// A file's checksum is AlgorithmSHA256Chunked4M: the SHA-256 of the
+// SHA-256 digests of its 4 MiB chunks (with the file size), computed in
+// parallel and without reading the chunks that lie in a hole of a sparse
+// file, yet depending only on the content. meta.json names the algorithm
+// of each file; snapshots committed before it existed name none and keep
+// their whole-file SHA-256 (AlgorithmSHA256), which VerifyFile still checks.
+//
 // Open rebuilds the catalog from the directory tree at daemon start. It
 // removes leftover temporary directories, and ignores (with a log line but
 // without deleting anything) every directory that is not a complete
-// snapshot: a meta.json that is missing or invalid, or a file that is
-// missing or not of the recorded size. Checksums are not verified by Open;
+// snapshot: a meta.json that is missing or invalid (a checksum algorithm
+// this version does not know counts as invalid), or a file that is missing
+// or not of the recorded size. Checksums are not verified by Open;
 // VerifyFile does that for the callers that need it.
 //
 // Restores pin a snapshot with Catalog.Acquire; Catalog.Delete waits for
@@ -63,8 +71,13 @@ const (
 
 // FileInfo describes one file of a snapshot.
 type FileInfo struct {
-	Name   string `json:"name"`
-	Size   int64  `json:"size"`
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	// Algorithm is how SHA256 was computed: AlgorithmSHA256Chunked4M for
+	// what Commit writes, empty (AlgorithmSHA256, the whole file's
+	// SHA-256) in meta.json files written by older versions.
+	Algorithm string `json:"algorithm,omitempty"`
+	// SHA256 is the hex digest of Algorithm (always a SHA-256 output).
 	SHA256 string `json:"sha256"`
 }
 
@@ -309,6 +322,10 @@ func loadSnapshot(sandboxID, id, dir string) (Meta, error) {
 		if key != fi.Name || ValidName(key) != nil || key == MetaName {
 			return Meta{}, fmt.Errorf("%s lists an invalid file entry %q", MetaName, key)
 		}
+		if !knownAlgorithm(fi.Algorithm) {
+			return Meta{}, fmt.Errorf("%s has an unknown checksum algorithm %s for %s", MetaName,
+				strconv.QuoteToASCII(fi.Algorithm), key)
+		}
 		if b, err := hex.DecodeString(fi.SHA256); err != nil || len(b) != 32 {
 			return Meta{}, fmt.Errorf("%s has an invalid sha256 for %s", MetaName, key)
 		}
@@ -442,13 +459,14 @@ func (c *Catalog) Commit(p *Pending, m Meta) (Meta, error) {
 }
 
 // CommitContext is Commit bounded by ctx (checked between chunks of the
-// checksums). m supplies the descriptive fields; ID, SandboxID, Name,
-// Files and Dir are set by the catalog, CreatedAt defaults to now and Type
-// to TypeFull. Entries of the temporary directory other than the snapshot's
-// files are removed. On success p is consumed (a later Abort does nothing);
-// on failure the temporary directory is removed, the name is released and
-// the error says which step failed (errdefs.ErrResourceExhausted when the
-// file system is full).
+// checksums; the files are synced and checksummed concurrently). m
+// supplies the descriptive fields; ID, SandboxID, Name, Files and Dir are
+// set by the catalog, CreatedAt defaults to now and Type to TypeFull.
+// Entries of the temporary directory other than the snapshot's files are
+// removed. On success p is consumed (a later Abort does nothing); on
+// failure the temporary directory is removed, the name is released and the
+// error says which step failed (errdefs.ErrResourceExhausted when the file
+// system is full).
 func (c *Catalog) CommitContext(ctx context.Context, p *Pending, m Meta) (Meta, error) {
 	if p == nil {
 		return Meta{}, fmt.Errorf("snapshot commit: nil pending snapshot: %w", errdefs.ErrInvalidArgument)
@@ -509,14 +527,9 @@ func (c *Catalog) commit(ctx context.Context, p *Pending, m Meta, final string) 
 			}
 		}
 	}
-	m.Files = make(map[string]FileInfo, len(dataFiles))
-	for _, name := range dataFiles {
-		fi, err := syncAndHash(ctx, filepath.Join(p.Dir, name))
-		if err != nil {
-			return Meta{}, "file " + name, false, err
-		}
-		fi.Name = name
-		m.Files[name] = fi
+	m.Files, step, err = syncAndHashAll(ctx, p.Dir)
+	if err != nil {
+		return Meta{}, step, false, err
 	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
@@ -542,6 +555,43 @@ func (c *Catalog) commit(ctx context.Context, p *Pending, m Meta, final string) 
 	}
 	m.Dir = final
 	return m, "", true, nil
+}
+
+// syncAndHashAll runs syncAndHash on the dataFiles in dir concurrently.
+// On failure it returns the step that failed first (the others are
+// canceled), once every goroutine has ended.
+func syncAndHashAll(ctx context.Context, dir string) (_ map[string]FileInfo, step string, _ error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	infos := make([]FileInfo, len(dataFiles))
+	var (
+		wg       sync.WaitGroup
+		failOnce sync.Once
+		failure  error
+	)
+	for i, name := range dataFiles {
+		wg.Go(func() {
+			fi, err := syncAndHash(ctx, filepath.Join(dir, name))
+			if err != nil {
+				failOnce.Do(func() {
+					step, failure = "file "+name, err
+					cancel()
+				})
+				return
+			}
+			fi.Name = name
+			infos[i] = fi
+		})
+	}
+	wg.Wait()
+	if failure != nil {
+		return nil, step, failure
+	}
+	files := make(map[string]FileInfo, len(dataFiles))
+	for _, fi := range infos {
+		files[fi.Name] = fi
+	}
+	return files, "", nil
 }
 
 // writeFileSync writes path atomically: a temporary file in the same

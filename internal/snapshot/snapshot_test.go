@@ -265,7 +265,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 	var total int64
 	for name, b := range files {
-		want := FileInfo{Name: name, Size: int64(len(b)), SHA256: sum(b)}
+		want := FileInfo{Name: name, Size: int64(len(b)), Algorithm: AlgorithmSHA256Chunked4M, SHA256: chunkedSum(b)}
 		if m.Files[name] != want {
 			t.Errorf("Files[%s] = %+v, want %+v", name, m.Files[name], want)
 		}
@@ -301,6 +301,11 @@ func TestRoundTrip(t *testing.T) {
 		"snapshot_version", "hardware", "network", "vsock", "pause_ns", "files"} {
 		if _, ok := generic[key]; !ok {
 			t.Errorf("meta.json lacks %q: %s", key, raw)
+		}
+	}
+	for name, fi := range generic["files"].(map[string]any) {
+		if alg := fi.(map[string]any)["algorithm"]; alg != AlgorithmSHA256Chunked4M {
+			t.Errorf("meta.json has algorithm %v for %s, want %s", alg, name, AlgorithmSHA256Chunked4M)
 		}
 	}
 	if _, ok := generic["Dir"]; ok {
@@ -610,6 +615,12 @@ func TestOpenIgnoresIncompleteAndRemovesTemporary(t *testing.T) {
 	ignored = append(ignored, writeSnapshotDir(t, root, sb, id, m, goodFiles))
 
 	m, id = variant("good") // duplicate name, newer id
+	ignored = append(ignored, writeSnapshotDir(t, root, sb, id, m, goodFiles))
+
+	m, id = variant("unknownalgorithm")
+	fi := m.Files[MemName]
+	fi.Algorithm = "blake3"
+	m.Files[MemName] = fi
 	ignored = append(ignored, writeSnapshotDir(t, root, sb, id, m, goodFiles))
 
 	m, id = variant("traversal")

@@ -146,6 +146,9 @@ func Open(path string, opts Options) (*Store, error) {
 			return nil, err
 		}
 	}
+	// The freelist is synced on every commit (bbolt's default): with
+	// NoFreelistSync, bbolt rebuilds it at open in a goroutine that panics
+	// (killing the daemon) on a corrupt page, instead of Open failing.
 	db, err := openBolt(path, &bolt.Options{Timeout: opts.OpenTimeout})
 	if err != nil {
 		return nil, err

@@ -242,3 +242,28 @@ func (s *SyncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Region is data at an offset of a sparse file (WriteSparse).
+type Region struct {
+	Off  int64
+	Data []byte
+}
+
+// WriteSparse creates path as a sparse file of size bytes holding only
+// regions (everything else is a hole).
+func WriteSparse(t testing.TB, path string, size int64, regions ...Region) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range regions {
+		if _, err := f.WriteAt(r.Data, r.Off); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
