@@ -548,35 +548,18 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 		rec.Network.GuestIP = meta.Network.GuestIP
 		spec.NetNS = att.NetnsPath
 	}
-	runCtx, cancel := context.WithCancel(m.baseCtx)
-	inst := &instance{id: id, op: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), log: log, rec: rec,
-		limits: limits}
-
-	inst.mu.Lock()
-	defer inst.mu.Unlock()
-	if err := m.persistNewLocked(ctx, inst); err != nil {
-		cancel()
-		return Sandbox{}, fmt.Errorf("restore: %w", err)
-	}
-	m.crash(CrashRestoreRecorded)
-	if err := m.register(inst); err != nil {
-		cancel()
-		m.unpersist(inst)
-		return Sandbox{}, err
-	}
-	registered = true
-
+	inst := newInstance(rec, log, limits)
 	attrs := map[string]string{
 		"snapshot_id": meta.ID, "vcpus": strconv.Itoa(hw.VCPUs), "memory_mib": strconv.Itoa(hw.MemoryMiB),
 	}
-	if req.TTL > 0 {
-		attrs["ttl"] = req.TTL.String()
-		inst.ttl = time.AfterFunc(req.TTL, func() { m.expire(id) })
+	out, err := m.startNew(ctx, inst, ActionRestored, "restore", attrs, CrashRestoreRecorded,
+		func(ctx context.Context) (machine, error) { return m.rt.Restore(ctx, spec) })
+	registered = inst.registered
+	if err != nil {
+		return Sandbox{}, fmt.Errorf("restore: %w", err)
 	}
-	m.publishLocked(inst, ActionRestored, attrs)
 	log.Info("sandbox restored from snapshot", "snapshot", meta.ID, "source_sandbox", meta.SandboxID, "ttl", req.TTL)
-	go m.run(runCtx, inst, "restore", func(ctx context.Context) (machine, error) { return m.rt.Restore(ctx, spec) })
-	return inst.snapshotLocked(), nil
+	return out, nil
 }
 
 // restoreCopyError prefers the context's error when it ended the copy.

@@ -14,9 +14,10 @@ const (
 	// CrashCreateNetwork: the sandbox's namespace and TAP exist.
 	CrashCreateNetwork = "create.network"
 	// CrashCreateRecorded: the starting record and lease are stored; the
-	// boot has not begun.
+	// boot, started while they were written, may or may not be done.
 	CrashCreateRecorded = "create.recorded"
-	// CrashBootStarted: a booted VMM runs; its pid is not recorded yet.
+	// CrashBootStarted: a booted VMM runs; its pid is not recorded yet,
+	// nor perhaps the sandbox's record (the boot overlaps its fsync).
 	CrashBootStarted = "boot.started"
 	// CrashStopStopping: the stopping record is stored; the VMM runs.
 	CrashStopStopping = "stop.stopping"
@@ -44,9 +45,11 @@ const (
 	CrashRestoreFiles = "restore.files"
 	// CrashRestoreNetwork: the restored sandbox's namespace exists.
 	CrashRestoreNetwork = "restore.network"
-	// CrashRestoreRecorded: the starting record is stored.
+	// CrashRestoreRecorded: the starting record is stored; the restore
+	// may or may not be done.
 	CrashRestoreRecorded = "restore.recorded"
-	// CrashRestoreStarted: the restored VMM runs; its pid is not recorded.
+	// CrashRestoreStarted: the restored VMM runs; its pid is not recorded,
+	// nor perhaps the sandbox's record.
 	CrashRestoreStarted = "restore.started"
 )
 

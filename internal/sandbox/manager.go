@@ -289,6 +289,9 @@ type instance struct {
 	// removing is set (and stored) once a removal has stopped the VMM and
 	// begins releasing the sandbox's resources; Recover finishes it.
 	removing bool
+	// registered is set by startNew once the registry owns the sandbox
+	// (and with it the release of everything prepared for it).
+	registered bool
 	// pidStart is the VMM's process start time (store.ProcessStartTime),
 	// 0 when no VMM runs or it is unknown.
 	pidStart uint64
@@ -485,34 +488,74 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		spec.NetNS = att.NetnsPath
 		rec.Hardware.BootArgs = spec.BootArgs
 	}
-	runCtx, cancel := context.WithCancel(m.baseCtx)
-	inst := &instance{id: id, op: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), log: log, rec: rec,
-		limits: vmm.Limits{VCPUs: p.vcpus, MemoryMiB: p.memoryMiB}}
-
-	inst.mu.Lock()
-	defer inst.mu.Unlock()
-	if err := m.persistNewLocked(ctx, inst); err != nil {
-		cancel()
+	inst := newInstance(rec, log, vmm.Limits{VCPUs: p.vcpus, MemoryMiB: p.memoryMiB})
+	attrs := map[string]string{"vcpus": strconv.Itoa(p.vcpus), "memory_mib": strconv.Itoa(p.memoryMiB)}
+	out, err := m.startNew(ctx, inst, ActionCreated, "boot", attrs, CrashCreateRecorded,
+		func(ctx context.Context) (machine, error) { return m.rt.Start(ctx, spec) })
+	registered = inst.registered
+	if err != nil {
 		return Sandbox{}, fmt.Errorf("create: %w", err)
 	}
-	m.crash(CrashCreateRecorded)
-	if err := m.register(inst); err != nil {
-		cancel()
-		m.unpersist(inst)
-		return Sandbox{}, err
-	}
-	registered = true
-
-	attrs := map[string]string{"vcpus": strconv.Itoa(p.vcpus), "memory_mib": strconv.Itoa(p.memoryMiB)}
-	if p.ttl > 0 {
-		attrs["ttl"] = p.ttl.String()
-		inst.ttl = time.AfterFunc(p.ttl, func() { m.expire(id) })
-	}
-	m.publishLocked(inst, ActionCreated, attrs)
 	log.Info("sandbox created", "vcpus", p.vcpus, "memory_mib", p.memoryMiB, "kernel", p.kernel,
 		"rootfs", p.rootfs, "disk_method", string(method), "ttl", p.ttl)
-	go m.run(runCtx, inst, "boot", func(ctx context.Context) (machine, error) { return m.rt.Start(ctx, spec) })
-	return inst.snapshotLocked(), nil
+	return out, nil
+}
+
+// newInstance returns the instance of a new sandbox in rec.State.
+func newInstance(rec Sandbox, log *slog.Logger, limits vmm.Limits) *instance {
+	return &instance{id: rec.ID, op: make(chan struct{}, 1), cancel: func() {}, done: make(chan struct{}), log: log,
+		rec: rec, limits: limits}
+}
+
+// startNew registers a prepared sandbox (slot, directory, disk, jail and
+// network in place; inst starting), publishes action (created or
+// restored), starts the VMM in the background with start (what names it)
+// and writes the sandbox's record and lease. The boot runs while the
+// record is fsync'd instead of after it, and startNew still returns only
+// once the record is durable; until then it holds the sandbox's operation
+// lock and inst.mu, so a Stop or Remove, and the boot's own ready, wait
+// for the record. A daemon that dies before the record is durable leaves a
+// VMM and a directory that Recover removes; after it, one that Recover
+// adopts or fails (crash point recorded).
+//
+// inst.registered tells the caller whether the registry took the sandbox
+// over: if not, the caller releases what it prepared; if so and the record
+// could not be written, startNew has removed the sandbox again (boot
+// cancelled, everything released) and returns the error.
+func (m *Manager) startNew(ctx context.Context, inst *instance, action, what string, attrs map[string]string,
+	recorded string, start startFunc) (Sandbox, error) {
+	runCtx, cancel := context.WithCancel(m.baseCtx)
+	inst.cancel = cancel
+	inst.op <- struct{}{} // free: nobody else knows the sandbox yet
+	defer inst.unlock()
+	inst.mu.Lock()
+	if err := m.register(inst); err != nil {
+		inst.mu.Unlock()
+		cancel()
+		return Sandbox{}, err
+	}
+	inst.registered = true
+	if ttl := inst.rec.TTL; ttl > 0 {
+		attrs["ttl"] = ttl.String()
+	}
+	m.publishLocked(inst, action, attrs)
+	go m.run(runCtx, inst, what, start)
+	if err := m.persistNewLocked(ctx, inst); err != nil {
+		inst.mu.Unlock()
+		inst.log.Error("the new sandbox's record could not be written; removing it", "error", err)
+		if rerr := m.removeLocked(context.WithoutCancel(ctx), inst, true, "its record could not be written"); rerr != nil {
+			inst.log.Error("removing a sandbox whose record could not be written", "error", rerr)
+		}
+		return Sandbox{}, err
+	}
+	m.crash(recorded)
+	if ttl := inst.rec.TTL; ttl > 0 {
+		id := inst.id
+		inst.ttl = time.AfterFunc(ttl, func() { m.expire(id) })
+	}
+	out := inst.snapshotLocked()
+	inst.mu.Unlock()
+	return out, nil
 }
 
 // startFunc starts a sandbox's VMM: a boot or a snapshot restore.

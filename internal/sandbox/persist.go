@@ -116,8 +116,8 @@ func sandboxOf(r store.SandboxRecord) Sandbox {
 	}
 }
 
-// persistNewLocked writes a new sandbox's record and its address lease,
-// before the sandbox is registered. inst.mu must be held.
+// persistNewLocked writes a new sandbox's record and its address lease in
+// one transaction. inst.mu must be held.
 func (m *Manager) persistNewLocked(ctx context.Context, inst *instance) error {
 	if m.cfg.Store == nil {
 		return nil
@@ -136,19 +136,6 @@ func (m *Manager) persistNewLocked(ctx context.Context, inst *instance) error {
 		return fmt.Errorf("sandbox %s: recording it: %w", inst.id, err)
 	}
 	return nil
-}
-
-// unpersist deletes a record written by persistNewLocked for a sandbox that
-// was not registered after all.
-func (m *Manager) unpersist(inst *instance) {
-	if m.cfg.Store == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-	defer cancel()
-	if err := m.cfg.Store.DeleteSandbox(ctx, inst.id); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-		inst.log.Error("deleting the record of an unregistered sandbox", "error", err)
-	}
 }
 
 // persistLocked writes inst's record after a change (or deletes it once

@@ -205,3 +205,35 @@ func TestSnapshotRecordsFollowCatalogFake(t *testing.T) {
 		t.Fatalf("records after reconciling: %v, want [%s]", got, a.ID)
 	}
 }
+
+// A sandbox whose record cannot be written is not created: Create fails,
+// the boot that had started meanwhile is cancelled or its VMM killed, and
+// nothing is left (no sandbox, directory or VMM).
+func TestCreateFailsCleanlyWhenTheRecordCannotBeWritten(t *testing.T) {
+	for _, delay := range []time.Duration{0, 50 * time.Millisecond} {
+		t.Run(delay.String(), func(t *testing.T) {
+			st, err := store.Open(filepath.Join(t.TempDir(), "state.db"), store.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Close(); err != nil { // every write now fails with ErrClosed
+				t.Fatal(err)
+			}
+			rt := &fakeRuntime{startDelay: delay}
+			e := newTestEnv(t, t.TempDir(), rt, func(c *Config) { c.Store = st })
+			_, err = e.m.Create(t.Context(), CreateRequest{})
+			if !errors.Is(err, store.ErrClosed) {
+				t.Fatalf("Create = %v, want the store's error", err)
+			}
+			if list, _ := e.m.List(t.Context(), ListFilter{}); len(list) != 0 {
+				t.Fatalf("sandboxes after a failed create: %+v", list)
+			}
+			if dirs := e.sandboxDirs(t); len(dirs) != 0 {
+				t.Fatalf("directories after a failed create: %v", dirs)
+			}
+			if n := rt.live(); n != 0 {
+				t.Fatalf("%d VMMs live after a failed create", n)
+			}
+		})
+	}
+}
