@@ -323,6 +323,9 @@ func (b *baseline) create(ctx context.Context, i int) error {
 		Kernel: o.kernel(), BootArgs: bootArgs,
 		Drives:  []vmm.DriveSpec{{ID: "rootfs", Path: o.rootfs(), Root: true}},
 		Logging: vmm.LoggingSpec{LogPath: filepath.Join(dir, "firecracker.log"), MetricsPath: filepath.Join(dir, "firecracker.metrics")},
+		// The daemon gives every sandbox a vsock device: so does the
+		// baseline, so that both make the same API calls.
+		Vsock: &vmm.VsockSpec{CID: 3, UDSPath: "vsock.sock"},
 	})
 	b.vms[i] = vm // each index is written by one worker only
 	return err
