@@ -447,15 +447,9 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 	fcDir := dir
 	var jail vmm.Jail
 	if m.jailer != nil {
-		if jail, err = m.prepareJail(id, limits, &proc); err != nil {
-			_ = m.jailer.Cleanup(id, limits)
-			return Sandbox{}, fmt.Errorf("restore: preparing the jail: %w", err)
+		if jail, err = slot.prepareJail(limits, &proc); err != nil {
+			return Sandbox{}, err
 		}
-		defer func() {
-			if !registered {
-				_ = m.jailer.Cleanup(id, limits)
-			}
-		}()
 		fcDir = jail.Root
 	}
 	diskPath := filepath.Join(fcDir, DiskName)
@@ -491,16 +485,9 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 
 	var att network.Attachment
 	if meta.Network != nil {
-		if att, err = m.cfg.Network.Attach(ctx, id); err != nil {
-			return Sandbox{}, fmt.Errorf("restore: network: %w", err)
+		if att, err = slot.attachNetwork(ctx); err != nil {
+			return Sandbox{}, err
 		}
-		defer func() {
-			if !registered {
-				if derr := m.cfg.Network.Detach(context.WithoutCancel(ctx), id); derr != nil {
-					log.Error("releasing the network of a failed restore", "error", derr)
-				}
-			}
-		}()
 		m.crash(CrashRestoreNetwork)
 	}
 

@@ -406,16 +406,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	var jail vmm.Jail
 	if m.jailer != nil {
 		// The disk is cloned straight into the chroot.
-		limits := vmm.Limits{VCPUs: p.vcpus, MemoryMiB: p.memoryMiB}
-		if jail, err = m.prepareJail(id, limits, &proc); err != nil {
-			_ = m.jailer.Cleanup(id, limits)
-			return Sandbox{}, fmt.Errorf("create: preparing the jail: %w", err)
+		if jail, err = slot.prepareJail(vmm.Limits{VCPUs: p.vcpus, MemoryMiB: p.memoryMiB}, &proc); err != nil {
+			return Sandbox{}, err
 		}
-		defer func() {
-			if !registered {
-				_ = m.jailer.Cleanup(id, limits)
-			}
-		}()
 		diskPath = jail.HostPath(DiskName)
 	}
 	method, err := disk.CloneFile(ctx, p.rootfsFile, diskPath, disk.Options{NoSync: true})
@@ -435,16 +428,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 
 	var att network.Attachment
 	if m.cfg.Network != nil {
-		if att, err = m.cfg.Network.Attach(ctx, id); err != nil {
-			return Sandbox{}, fmt.Errorf("create: network: %w", err)
+		if att, err = slot.attachNetwork(ctx); err != nil {
+			return Sandbox{}, err
 		}
-		defer func() {
-			if !registered {
-				if derr := m.cfg.Network.Detach(context.WithoutCancel(ctx), id); derr != nil {
-					log.Error("releasing the network of a failed create", "error", derr)
-				}
-			}
-		}()
 		m.crash(CrashCreateNetwork)
 	}
 
@@ -568,13 +554,19 @@ func (m *Manager) isClosing() bool {
 	return m.closing
 }
 
-// slot is a sandbox being created: a place under the sandbox cap, an id and
-// a fresh directory.
+// slot is a sandbox being created: a place under the sandbox cap, an id, a
+// fresh directory and, as they are prepared, its jail and network. Until
+// the registry takes the sandbox over, release undoes all of them.
 type slot struct {
 	m   *Manager
+	op  string // "create" or "restore", in errors
 	id  string
 	dir string
 	log *slog.Logger
+	// jailLimits is set once a jail was (being) prepared; networked once
+	// the network is attached.
+	jailLimits *vmm.Limits
+	networked  bool
 }
 
 // claimSlot reserves a place under the cap, picks an id and creates the
@@ -584,7 +576,7 @@ func (m *Manager) claimSlot(op string) (*slot, error) {
 	if err := m.reserve(); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	s := &slot{m: m, id: m.ids.New()}
+	s := &slot{m: m, op: op, id: m.ids.New()}
 	s.log = m.log.With("sandbox", s.id)
 	s.dir = filepath.Join(m.sandboxesDir, s.id)
 	if err := os.MkdirAll(m.sandboxesDir, 0o700); err != nil {
@@ -598,11 +590,42 @@ func (m *Manager) claimSlot(op string) (*slot, error) {
 	return s, nil
 }
 
-// release undoes claimSlot unless the sandbox was registered (which took
-// over the reservation and the directory).
+// prepareJail creates the sandbox's chroot and fills in proc for it (see
+// Manager.prepareJail).
+func (s *slot) prepareJail(limits vmm.Limits, proc *Process) (vmm.Jail, error) {
+	s.jailLimits = &limits
+	j, err := s.m.prepareJail(s.id, limits, proc)
+	if err != nil {
+		return vmm.Jail{}, fmt.Errorf("%s: preparing the jail: %w", s.op, err)
+	}
+	return j, nil
+}
+
+// attachNetwork gives the sandbox its network.
+func (s *slot) attachNetwork(ctx context.Context) (network.Attachment, error) {
+	att, err := s.m.cfg.Network.Attach(ctx, s.id)
+	if err != nil {
+		return att, fmt.Errorf("%s: network: %w", s.op, err)
+	}
+	s.networked = true
+	return att, nil
+}
+
+// release undoes claimSlot, prepareJail and attachNetwork unless the
+// sandbox was registered (the registry then owns all of it).
 func (s *slot) release(registered bool) {
 	if registered {
 		return
+	}
+	if s.networked {
+		if err := s.m.cfg.Network.Detach(context.Background(), s.id); err != nil {
+			s.log.Error("releasing the network of a failed "+s.op, "error", err)
+		}
+	}
+	if s.jailLimits != nil {
+		if err := s.m.jailer.Cleanup(s.id, *s.jailLimits); err != nil {
+			s.log.Error("removing the jail of a failed "+s.op, "error", err)
+		}
 	}
 	_ = os.RemoveAll(s.dir)
 	s.m.unreserve()
