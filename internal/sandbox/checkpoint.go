@@ -539,9 +539,8 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 	attrs := map[string]string{
 		"snapshot_id": meta.ID, "vcpus": strconv.Itoa(hw.VCPUs), "memory_mib": strconv.Itoa(hw.MemoryMiB),
 	}
-	out, err := m.startNew(ctx, inst, ActionRestored, "restore", attrs, CrashRestoreRecorded,
+	out, registered, err := m.startNew(ctx, inst, ActionRestored, "restore", attrs, CrashRestoreRecorded,
 		func(ctx context.Context) (machine, error) { return m.rt.Restore(ctx, spec) })
-	registered = inst.registered
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("restore: %w", err)
 	}

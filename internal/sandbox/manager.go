@@ -289,9 +289,6 @@ type instance struct {
 	// removing is set (and stored) once a removal has stopped the VMM and
 	// begins releasing the sandbox's resources; Recover finishes it.
 	removing bool
-	// registered is set by startNew once the registry owns the sandbox
-	// (and with it the release of everything prepared for it).
-	registered bool
 	// pidStart is the VMM's process start time (store.ProcessStartTime),
 	// 0 when no VMM runs or it is unknown.
 	pidStart uint64
@@ -476,9 +473,8 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	}
 	inst := newInstance(rec, log, vmm.Limits{VCPUs: p.vcpus, MemoryMiB: p.memoryMiB})
 	attrs := map[string]string{"vcpus": strconv.Itoa(p.vcpus), "memory_mib": strconv.Itoa(p.memoryMiB)}
-	out, err := m.startNew(ctx, inst, ActionCreated, "boot", attrs, CrashCreateRecorded,
+	out, registered, err := m.startNew(ctx, inst, ActionCreated, "boot", attrs, CrashCreateRecorded,
 		func(ctx context.Context) (machine, error) { return m.rt.Start(ctx, spec) })
-	registered = inst.registered
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("create: %w", err)
 	}
@@ -504,12 +500,12 @@ func newInstance(rec Sandbox, log *slog.Logger, limits vmm.Limits) *instance {
 // VMM and a directory that Recover removes; after it, one that Recover
 // adopts or fails (crash point recorded).
 //
-// inst.registered tells the caller whether the registry took the sandbox
-// over: if not, the caller releases what it prepared; if so and the record
-// could not be written, startNew has removed the sandbox again (boot
-// cancelled, everything released) and returns the error.
+// registered tells the caller whether the registry took the sandbox over:
+// if not, the caller releases what it prepared; if so and the record could
+// not be written, startNew has removed the sandbox again (boot cancelled,
+// everything released) and returns the error.
 func (m *Manager) startNew(ctx context.Context, inst *instance, action, what string, attrs map[string]string,
-	recorded string, start startFunc) (Sandbox, error) {
+	recorded string, start startFunc) (_ Sandbox, registered bool, _ error) {
 	runCtx, cancel := context.WithCancel(m.baseCtx)
 	inst.cancel = cancel
 	inst.op <- struct{}{} // free: nobody else knows the sandbox yet
@@ -518,9 +514,8 @@ func (m *Manager) startNew(ctx context.Context, inst *instance, action, what str
 	if err := m.register(inst); err != nil {
 		inst.mu.Unlock()
 		cancel()
-		return Sandbox{}, err
+		return Sandbox{}, false, err
 	}
-	inst.registered = true
 	if ttl := inst.rec.TTL; ttl > 0 {
 		attrs["ttl"] = ttl.String()
 	}
@@ -532,7 +527,7 @@ func (m *Manager) startNew(ctx context.Context, inst *instance, action, what str
 		if rerr := m.removeLocked(context.WithoutCancel(ctx), inst, true, "its record could not be written"); rerr != nil {
 			inst.log.Error("removing a sandbox whose record could not be written", "error", rerr)
 		}
-		return Sandbox{}, err
+		return Sandbox{}, true, err
 	}
 	m.crash(recorded)
 	if ttl := inst.rec.TTL; ttl > 0 {
@@ -541,7 +536,7 @@ func (m *Manager) startNew(ctx context.Context, inst *instance, action, what str
 	}
 	out := inst.snapshotLocked()
 	inst.mu.Unlock()
-	return out, nil
+	return out, true, nil
 }
 
 // startFunc starts a sandbox's VMM: a boot or a snapshot restore.
