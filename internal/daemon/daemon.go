@@ -185,7 +185,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			log.Error("closing the state store", slog.Any("error", err))
 		}
 	}()
-	lastSeq, err := st.LastEventSeq(ctx)
+	lastSeq, err := resumeSeq(ctx, st, log)
 	if err != nil {
 		ul.Close()
 		return fmt.Errorf("state store: %w", err)

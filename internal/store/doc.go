@@ -19,6 +19,11 @@
 //	v1                                   // schema bucket (schemaBucket)
 //	├── version : uint64 big-endian      // schema version inside v1 (schemaVersion)
 //	├── event_seq : uint64 big-endian    // last event sequence ever assigned
+//	├── events_trimmed : uint64 big-endian // optional: highest event seq trimmed so far
+//	├── event_count : uint64 big-endian  // optional: events in the history (counted when absent)
+//	├── clean_end : 0x01                 // optional: the last run ended cleanly (EndRun;
+//	│                                    // BeginRun deletes it); absent in an older store
+//	│                                    // means "not clean", which needs no migration
 //	├── sandboxes
 //	│   └── <sandbox id> : SandboxRecord (JSON)
 //	├── leases
@@ -27,7 +32,9 @@
 //	│   └── <snapshot id> : SnapshotRecord (JSON)
 //	└── events
 //	    └── <seq, uint64 big-endian> : EventRecord (JSON)
-//	                                     // contiguous, oldest trimmed past Options.EventHistory
+//	                                     // increasing (gaps where events were lost or the
+//	                                     // sequence advanced), trimmed to the last
+//	                                     // Options.EventHistory events
 //
 // Open refuses a database whose version is newer than schemaVersion, or that
 // holds a top-level bucket other than v1 (a schema this binary does not

@@ -11,8 +11,10 @@ import (
 
 // AppendEvent stores an event and returns it with its sequence number. A
 // zero ev.Seq is assigned the next number (LastEventSeq()+1); a non-zero
-// one must be exactly that, or the call fails with errdefs.ErrInvalidArgument.
-// In the same transaction the oldest events beyond Options.EventHistory are
+// one must be above LastEventSeq (gaps are allowed: events that were
+// published but never written, or a sequence advanced after a crash), or
+// the call fails with errdefs.ErrInvalidArgument. In the same transaction
+// the events older than the last Options.EventHistory sequence numbers are
 // trimmed. It is durable when it returns.
 func (s *Store) AppendEvent(ctx context.Context, ev EventRecord) (EventRecord, error) {
 	err := s.update(ctx, func(root *bolt.Bucket) error {
@@ -46,37 +48,101 @@ func (s *Store) AppendEvents(ctx context.Context, evs []EventRecord) error {
 // appendEvent appends ev inside a write transaction and trims the history.
 func (s *Store) appendEvent(root *bolt.Bucket, ev EventRecord) (EventRecord, error) {
 	next := decodeU64(root.Get(keyEventSeq)) + 1
-	if ev.Seq != 0 && ev.Seq != next {
-		return ev, fmt.Errorf("sequence %d, want %d: %w", ev.Seq, next, errdefs.ErrInvalidArgument)
+	if ev.Seq != 0 && ev.Seq < next {
+		return ev, fmt.Errorf("sequence %d, want %d or more: %w", ev.Seq, next, errdefs.ErrInvalidArgument)
 	}
-	ev.Seq = next
+	if ev.Seq == 0 {
+		ev.Seq = next
+	}
+	next = ev.Seq
 	data, err := json.Marshal(ev)
 	if err != nil {
 		return ev, fmt.Errorf("encode: %w", err)
 	}
 	b := root.Bucket(bktEvents)
+	n, err := eventCount(root)
+	if err != nil {
+		return ev, err
+	}
 	if err := b.Put(u64(next), data); err != nil {
 		return ev, err
 	}
 	if err := root.Put(keyEventSeq, u64(next)); err != nil {
 		return ev, err
 	}
-	if next <= s.history {
-		return ev, nil
-	}
-	// Keep seqs (next-history, next]; usually this deletes one key.
-	cut := next - s.history
-	var doomed [][]byte
+	// Keep the last Options.EventHistory events (by count, not by
+	// number: a sequence that skipped ahead must not wipe the history);
+	// usually this deletes one key.
+	n++
+	var trimmed []byte
 	c := b.Cursor()
-	for k, _ := c.First(); k != nil && decodeU64(k) <= cut; k, _ = c.Next() {
-		doomed = append(doomed, append([]byte(nil), k...))
+	for k, _ := c.First(); k != nil && n > s.history; k, _ = c.First() {
+		trimmed = append([]byte(nil), k...)
+		if err := c.Delete(); err != nil {
+			return ev, err
+		}
+		n--
 	}
-	for _, k := range doomed {
-		if err := b.Delete(k); err != nil {
+	if trimmed != nil {
+		// Replays after a trimmed event are incomplete (EventsSince).
+		if err := root.Put(keyEventsTrimmed, trimmed); err != nil {
 			return ev, err
 		}
 	}
-	return ev, nil
+	return ev, root.Put(keyEventCount, u64(n))
+}
+
+// eventCount returns how many events the history holds: the count key, or
+// (in a store written before it was kept) a count of the keys.
+func eventCount(root *bolt.Bucket) (uint64, error) {
+	if v := root.Get(keyEventCount); v != nil {
+		return decodeU64(v), nil
+	}
+	var n uint64
+	err := root.Bucket(bktEvents).ForEach(func(_, _ []byte) error { n++; return nil })
+	return n, err
+}
+
+// AdvanceEventSeq raises LastEventSeq to seq (it never lowers it), so that
+// the next event gets seq+1. It is durable when it returns.
+func (s *Store) AdvanceEventSeq(ctx context.Context, seq uint64) error {
+	err := s.update(ctx, func(root *bolt.Bucket) error {
+		if decodeU64(root.Get(keyEventSeq)) >= seq {
+			return nil
+		}
+		return root.Put(keyEventSeq, u64(seq))
+	})
+	if err != nil {
+		return fmt.Errorf("advance event seq to %d: %w", seq, err)
+	}
+	return nil
+}
+
+// BeginRun is called once by a daemon that starts using the store. It
+// reports whether the previous run ended with EndRun (or the store is
+// new) and clears that mark, durably: a run that dies without EndRun is
+// then seen by the next BeginRun as unclean.
+func (s *Store) BeginRun(ctx context.Context) (clean bool, err error) {
+	err = s.update(ctx, func(root *bolt.Bucket) error {
+		clean = root.Get(keyCleanEnd) != nil
+		if !clean {
+			return nil
+		}
+		return root.Delete(keyCleanEnd)
+	})
+	if err != nil {
+		return false, fmt.Errorf("begin run: %w", err)
+	}
+	return clean, nil
+}
+
+// EndRun marks the run as ended cleanly: everything it published is in the
+// store. It is durable when it returns.
+func (s *Store) EndRun(ctx context.Context) error {
+	if err := s.update(ctx, func(root *bolt.Bucket) error { return root.Put(keyCleanEnd, []byte{1}) }); err != nil {
+		return fmt.Errorf("end run: %w", err)
+	}
+	return nil
 }
 
 // LastEventSeq returns the sequence number of the last event ever appended
@@ -106,12 +172,18 @@ func (s *Store) EventsSince(ctx context.Context, seq uint64) (events []EventReco
 			ok = true
 			return nil
 		}
+		// Nothing after seq was trimmed when seq is at or after the last
+		// trimmed event (a missing number after it is one that was never
+		// written). A store created before that key was kept: seq must
+		// reach the oldest retained event.
 		c := root.Bucket(bktEvents).Cursor()
-		oldest := last + 1
-		if k, _ := c.First(); k != nil {
-			oldest = decodeU64(k)
+		var trimmed uint64
+		if v := root.Get(keyEventsTrimmed); v != nil {
+			trimmed = decodeU64(v)
+		} else if k, _ := c.First(); k != nil {
+			trimmed = decodeU64(k) - 1
 		}
-		ok = seq+1 >= oldest
+		ok = seq >= trimmed
 		for k, v := c.Seek(u64(seq + 1)); k != nil; k, v = c.Next() {
 			var ev EventRecord
 			if err := decode(v, &ev); err != nil {

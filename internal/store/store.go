@@ -37,12 +37,17 @@ const (
 )
 
 var (
-	keyVersion   = []byte("version")
-	keyEventSeq  = []byte("event_seq")
-	bktSandboxes = []byte("sandboxes")
-	bktLeases    = []byte("leases")
-	bktEvents    = []byte("events")
-	bktSnapshots = []byte("snapshots") // since version 2
+	keyVersion  = []byte("version")
+	keyEventSeq = []byte("event_seq")
+	keyCleanEnd = []byte("clean_end") // optional: the last run ended with EndRun
+	// optional: the highest event sequence trimmed from the history
+	keyEventsTrimmed = []byte("events_trimmed")
+	// optional: how many events the history holds
+	keyEventCount = []byte("event_count")
+	bktSandboxes  = []byte("sandboxes")
+	bktLeases     = []byte("leases")
+	bktEvents     = []byte("events")
+	bktSnapshots  = []byte("snapshots") // since version 2
 )
 
 // buckets lists the buckets inside v1 of the current schema.
@@ -257,6 +262,13 @@ func (s *Store) prepare() error {
 				return err
 			}
 			if err := root.Put(keyEventSeq, u64(0)); err != nil {
+				return err
+			}
+			// A new store has no run that could have lost events.
+			if err := root.Put(keyCleanEnd, []byte{1}); err != nil {
+				return err
+			}
+			if err := root.Put(keyEventsTrimmed, u64(0)); err != nil {
 				return err
 			}
 			for _, name := range buckets() {

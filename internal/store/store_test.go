@@ -269,8 +269,8 @@ func TestEventsHistory(t *testing.T) {
 			t.Fatalf("AppendEvent %d = %+v, want %+v", i, got, ev)
 		}
 	}
-	if _, err := s.AppendEvent(ctx, EventRecord{Seq: 99}); !errdefs.IsInvalidArgument(err) {
-		t.Fatalf("AppendEvent with wrong seq = %v, want invalid argument", err)
+	if _, err := s.AppendEvent(ctx, EventRecord{Seq: 12}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("AppendEvent with a used seq = %v, want invalid argument", err)
 	}
 	if seq, err := s.LastEventSeq(ctx); err != nil || seq != 12 {
 		t.Fatalf("LastEventSeq = %d, %v; want 12", seq, err)
@@ -593,9 +593,9 @@ func TestAppendEventsBatch(t *testing.T) {
 	if err != nil || !ok || len(evs) != 3 || evs[0].Action != "b" {
 		t.Fatalf("EventsSince(1) = %v %v %v", evs, ok, err)
 	}
-	// A gap in a batch rolls the whole batch back.
-	if err := s.AppendEvents(ctx, []EventRecord{{Seq: 5}, {Seq: 7}}); err == nil {
-		t.Fatal("a batch with a gap was accepted")
+	// A sequence that goes back in a batch rolls the whole batch back.
+	if err := s.AppendEvents(ctx, []EventRecord{{Seq: 5}, {Seq: 5}}); err == nil {
+		t.Fatal("a batch reusing a sequence was accepted")
 	}
 	if seq, _ := s.LastEventSeq(ctx); seq != 4 {
 		t.Fatalf("a failed batch left seq %d", seq)
@@ -759,5 +759,63 @@ func TestMigrateFromVersion1(t *testing.T) {
 	})
 	if version != schemaVersion {
 		t.Fatalf("version %d after migration, want %d", version, schemaVersion)
+	}
+}
+
+// Sequence numbers may skip (an event published but never written) and be
+// advanced (after a crash), never go back; BeginRun/EndRun tell a clean end
+// from a crash.
+func TestEventSeqGapsAndRuns(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	s := openStore(t, dir, Options{EventHistory: 4})
+	if clean, err := s.BeginRun(ctx); err != nil || !clean {
+		t.Fatalf("BeginRun on a new store = %v, %v; want clean", clean, err)
+	}
+	// A run whose events were never written, then a sequence advanced
+	// past them: nothing was trimmed, so a replay is complete (and empty).
+	other := openStore(t, "", Options{})
+	if err := other.AdvanceEventSeq(ctx, 50); err != nil {
+		t.Fatal(err)
+	}
+	if evs, ok, err := other.EventsSince(ctx, 4); err != nil || !ok || len(evs) != 0 {
+		t.Fatalf("EventsSince(4) with nothing written = %+v, %v, %v; want none, ok", evs, ok, err)
+	}
+	for _, seq := range []uint64{1, 2, 5} {
+		if _, err := s.AppendEvent(ctx, EventRecord{Seq: seq, Action: "a"}); err != nil {
+			t.Fatalf("AppendEvent(%d): %v", seq, err)
+		}
+	}
+	if err := s.AdvanceEventSeq(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AdvanceEventSeq(ctx, 50); err != nil { // never lowers it
+		t.Fatal(err)
+	}
+	if ev, err := s.AppendEvent(ctx, EventRecord{Action: "b"}); err != nil || ev.Seq != 101 {
+		t.Fatalf("AppendEvent after advancing = %+v, %v; want seq 101", ev, err)
+	}
+	if _, err := s.AppendEvent(ctx, EventRecord{Action: "c"}); err != nil { // 102: five events, 1 trimmed
+		t.Fatal(err)
+	}
+	// The history keeps the last 4 events, however far apart their numbers.
+	evs, ok, err := s.EventsSince(ctx, 0)
+	if err != nil || ok || len(evs) != 4 || evs[0].Seq != 2 || evs[3].Seq != 102 {
+		t.Fatalf("EventsSince(0) = %+v, %v, %v; want 2, 5, 101, 102 and not ok (1 was trimmed)", evs, ok, err)
+	}
+	if evs, ok, err := s.EventsSince(ctx, 1); err != nil || !ok || len(evs) != 4 {
+		t.Fatalf("EventsSince(1) = %+v, %v, %v", evs, ok, err)
+	}
+	if evs, ok, err := s.EventsSince(ctx, 99); err != nil || !ok || len(evs) != 2 || evs[0].Seq != 101 {
+		t.Fatalf("EventsSince(99) = %+v, %v, %v", evs, ok, err)
+	}
+	if clean, err := s.BeginRun(ctx); err != nil || clean {
+		t.Fatalf("BeginRun after a run without EndRun = %v, %v; want unclean", clean, err)
+	}
+	if err := s.EndRun(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if clean, err := s.BeginRun(ctx); err != nil || !clean {
+		t.Fatalf("BeginRun after EndRun = %v, %v; want clean", clean, err)
 	}
 }

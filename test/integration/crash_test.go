@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -140,10 +141,7 @@ func TestCrashAtEachStepRecovers(t *testing.T) {
 			cidr := fmt.Sprintf("10.%d.0.0/24", 210+i%40)
 			bridge := fmt.Sprintf("vmmcr%d", i)
 			_, nsPath := hostNamespace(t)
-			d := startDaemon(t, options{
-				network: fmt.Sprintf("bridge = %q\ncidr = %q\n", bridge, cidr), netns: nsPath,
-				env: []string{vmmdaemon.CrashEnv + "=" + c.point},
-			})
+			d := startDaemon(t, options{network: fmt.Sprintf("bridge = %q\ncidr = %q\n", bridge, cidr), netns: nsPath})
 			runCrashCase(t, d, c, nil)
 		})
 	}
@@ -165,7 +163,7 @@ func TestJailedCrashLeavesNoJail(t *testing.T) {
 			}
 			dir := testutil.ShortDir(t)
 			section, base, parent := jailerSection(t, dir)
-			d := startDaemonAt(t, dir, options{extra: section, env: []string{vmmdaemon.CrashEnv + "=" + point}})
+			d := startDaemonAt(t, dir, options{extra: section})
 			defer func() {
 				if t.Failed() {
 					t.Log(d.logText())
@@ -211,6 +209,16 @@ func (j *jailDirs) check(t *testing.T, listed map[string]*sandboxv1.Sandbox) {
 // unless the daemon jails its VMMs.
 func runCrashCase(t *testing.T, d *daemon, c crashCase, jail *jailDirs) {
 	e := &crashEnv{d: d}
+	// A first run of the daemon makes and removes a sandbox and stops
+	// cleanly, so that its events are written and those the crash may
+	// lose come after them; the next run dies at the crash point.
+	warm := createAndWait(t, d, 0)
+	if _, err := d.sb.Remove(t.Context(), &sandboxv1.RemoveRequest{Id: warm.GetId(), Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	d.stop()
+	d.env = []string{vmmdaemon.CrashEnv + "=" + c.point}
+	d.start()
 	switch c.setup {
 	case "ready", "snapshot", "stopped":
 		e.sb = createAndWait(t, d, 0)
@@ -227,11 +235,13 @@ func runCrashCase(t *testing.T, d *daemon, c crashCase, jail *jailDirs) {
 			e.snap = r.GetSnapshot()
 		}
 	}
+	seen := watchEvents(t, d)
 	c.op(t, e)
 	d.waitKilled(15 * time.Second)
 	if !strings.Contains(d.logText(), "crash point reached") {
 		t.Fatalf("the daemon died, but not at its crash point\n%s", d.logText())
 	}
+	lastSeen := <-seen
 	d.env = nil
 	d.start()
 
@@ -311,6 +321,8 @@ func runCrashCase(t *testing.T, d *daemon, c crashCase, jail *jailDirs) {
 			t.Errorf("new sandbox got address %s, which sandbox %s holds", ip, sb.GetId())
 		}
 	}
+	// No event number a client saw from the killed daemon is reused.
+	checkSeqNotReused(t, d, lastSeen)
 	// Stopped ("stop" mode: d.stop checks that no VMM and no sandbox
 	// namespace is left), the store indexes exactly the catalog's
 	// snapshots.
@@ -335,6 +347,53 @@ func runCrashCase(t *testing.T, d *daemon, c crashCase, jail *jailDirs) {
 	slices.Sort(catalog)
 	if !slices.Equal(recorded, catalog) {
 		t.Errorf("store snapshot records %v, catalog %v", recorded, catalog)
+	}
+}
+
+// watchEvents follows d's events until d dies and then sends the last one
+// it saw (nil for none).
+func watchEvents(t *testing.T, d *daemon) <-chan *sandboxv1.Event {
+	t.Helper()
+	stream, err := d.sb.Events(t.Context(), &sandboxv1.EventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan *sandboxv1.Event, 1)
+	go func() {
+		var last *sandboxv1.Event
+		for {
+			ev, err := stream.Recv()
+			if err != nil {
+				out <- last
+				return
+			}
+			last = ev
+		}
+	}()
+	return out
+}
+
+// checkSeqNotReused checks that the restarted d never gave seen's
+// sequence number to another event: replaying from just before it yields
+// seen itself (it was written) or only later numbers.
+func checkSeqNotReused(t *testing.T, d *daemon, seen *sandboxv1.Event) {
+	t.Helper()
+	if seen == nil || seen.GetSeq() < 2 { // since 0 means "live only"
+		return
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	stream, err := d.sb.Events(ctx, &sandboxv1.EventsRequest{Since: seen.GetSeq() - 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("events since %d after the restart: %v", seen.GetSeq()-1, err)
+	}
+	if ev.GetSeq() == seen.GetSeq() && (ev.GetSandboxId() != seen.GetSandboxId() || ev.GetAction() != seen.GetAction()) {
+		t.Errorf("event %d was %s %s before the crash and is %s %s after it: event numbers were reused",
+			seen.GetSeq(), seen.GetSandboxId(), seen.GetAction(), ev.GetSandboxId(), ev.GetAction())
 	}
 }
 

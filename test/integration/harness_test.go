@@ -40,7 +40,7 @@ type daemon struct {
 	log    *os.File
 	waited chan struct{}
 	netns  string   // network namespace (path) the daemon runs in; empty: the test's
-	env    []string // added to the daemon's environment at the next start
+	env    []string // added to the daemon's environment at each start
 	conn   *grpc.ClientConn
 	sb     sandboxv1.SandboxServiceClient
 	snap   sandboxv1.SandboxSnapshotServiceClient
@@ -63,8 +63,6 @@ type options struct {
 	// netns runs the daemon inside this network namespace (a path), which
 	// plays the host's.
 	netns string
-	// env is added to the daemon's environment (at the first start only).
-	env []string
 }
 
 // startDaemon starts vmm-daemon and waits until it serves. Cleanup stops it
@@ -125,7 +123,6 @@ func startDaemonAt(t *testing.T, dir string, o options) *daemon {
 	conf := fmt.Sprintf("[firecracker]\nbinary = %q\ndata_dir = %q\nlog_level = \"Info\"\n\n[grpc]\nunix_socket = %q\n\n[daemon]\non_shutdown = %q\n\n[network]\n%s\n[defaults]\n%s\n%s\n",
 		binary, d.data, d.sock, onShutdown, netConf, defaults, o.extra)
 	d.netns = o.netns
-	d.env = o.env
 	writeFile(t, d.config, conf, 0)
 	d.start()
 	t.Cleanup(d.stop)

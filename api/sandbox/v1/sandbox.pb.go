@@ -1755,7 +1755,9 @@ func (x *EventsRequest) GetSince() uint64 {
 // Event is one lifecycle event.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Sequence number, increasing by one per event.
+	// Sequence number, increasing by one per event; never reused. After a
+	// daemon that did not stop cleanly the next one skips ahead, past every
+	// number the dead one may have handed out.
 	Seq       uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	SandboxId string `protobuf:"bytes,2,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
 	// What happened: created, ready, failed, stopping, stopped, exited,
