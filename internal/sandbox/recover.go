@@ -124,11 +124,12 @@ func (m *Manager) Recover(ctx context.Context) error {
 // killStrayVMMs kills every VMM process whose pid is not in keep (the
 // re-adopted VMMs): a VMM whose boot the daemon died in, or one that no
 // longer answers for its sandbox. VMMs are the processes working in a
-// sandbox directory and, under the jailer, the processes in a jail's
-// cgroups.
+// sandbox directory whose command line carries "--id <that sandbox>" and,
+// under the jailer, the processes in a jail's cgroups.
 func (m *Manager) killStrayVMMs(ctx context.Context, keep map[int]bool) {
-	match := func(cwd string) bool {
-		return filepath.Dir(cwd) == m.sandboxesDir && ValidID(filepath.Base(cwd))
+	match := func(pid int, cwd string) bool {
+		id := filepath.Base(cwd)
+		return filepath.Dir(cwd) == m.sandboxesDir && ValidID(id) && vmm.HasInstanceID(pid, id)
 	}
 	killed, err := vmm.KillStrays(ctx, match, keep)
 	for pid, cwd := range killed {
@@ -332,7 +333,7 @@ func (m *Manager) adoptBooted(ctx context.Context, r store.SandboxRecord) (machi
 	if r.Process.Jailed && m.jailer != nil {
 		pids, err = m.jailer.Processes(r.ID)
 	} else {
-		pids, err = vmm.FindByCwd(func(cwd string) bool { return cwd == dir })
+		pids, err = vmm.FindByCwd(func(pid int, cwd string) bool { return cwd == dir && vmm.HasInstanceID(pid, r.ID) })
 	}
 	if err != nil {
 		return nil, err

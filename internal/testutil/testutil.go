@@ -163,14 +163,29 @@ func ProcessesOf(exe string) []int {
 		if err != nil || strings.TrimSuffix(link, " (deleted)") != exe {
 			return false
 		}
-		stat, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
-		if err == nil {
-			if i := strings.LastIndexByte(string(stat), ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
-				return false
-			}
-		}
-		return true
+		return !isZombie(pid)
 	})
+}
+
+// Alive reports whether process pid runs: it exists and is not a zombie
+// (signal 0 succeeds on a zombie too).
+func Alive(pid int) bool {
+	name := strconv.Itoa(pid)
+	if _, err := os.Stat(filepath.Join("/proc", name)); err != nil {
+		return false
+	}
+	return !isZombie(name)
+}
+
+// isZombie reports whether the process of /proc entry pid has exited but
+// not been reaped.
+func isZombie(pid string) bool {
+	stat, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	return i > 0 && i+2 < len(stat) && stat[i+2] == 'Z'
 }
 
 // ProcessesIn lists the pids of the processes whose working directory is

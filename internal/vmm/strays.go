@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -23,10 +24,10 @@ func Cwd(pid int) (string, error) {
 	return os.Readlink(procDir + "/" + strconv.Itoa(pid) + "/cwd")
 }
 
-// FindByCwd returns the pids of the processes whose working directory
-// satisfies match. Processes that end during the scan, or whose working
-// directory cannot be read (zombies, kernel threads), are skipped.
-func FindByCwd(match func(cwd string) bool) ([]int, error) {
+// FindByCwd returns the pids of the processes for which match(pid, their
+// working directory) holds. Processes that end during the scan, or whose
+// working directory cannot be read (zombies, kernel threads), are skipped.
+func FindByCwd(match func(pid int, cwd string) bool) ([]int, error) {
 	entries, err := os.ReadDir(procDir)
 	if err != nil {
 		return nil, fmt.Errorf("vmm: listing processes: %w", err)
@@ -38,7 +39,7 @@ func FindByCwd(match func(cwd string) bool) ([]int, error) {
 		if err != nil || pid == self {
 			continue
 		}
-		if cwd, err := Cwd(pid); err == nil && match(cwd) {
+		if cwd, err := Cwd(pid); err == nil && match(pid, cwd) {
 			pids = append(pids, pid)
 		}
 	}
@@ -72,10 +73,11 @@ func KillVerified(ctx context.Context, pid int, verify func(pid int) bool) error
 // strayKillTimeout bounds the wait for one killed process.
 const strayKillTimeout = 5 * time.Second
 
-// KillStrays kills (SIGKILL) every process whose working directory
-// satisfies match and whose pid is not in keep, waiting for each to end,
-// and returns the pid and working directory of each one killed.
-func KillStrays(ctx context.Context, match func(cwd string) bool, keep map[int]bool) (map[int]string, error) {
+// KillStrays kills (SIGKILL) every process for which match(pid, its
+// working directory) holds and whose pid is not in keep, waiting for each
+// to end, and returns the pid and working directory of each one killed.
+// match is checked again once the pid is pinned.
+func KillStrays(ctx context.Context, match func(pid int, cwd string) bool, keep map[int]bool) (map[int]string, error) {
 	pids, err := FindByCwd(match)
 	if err != nil {
 		return nil, err
@@ -93,7 +95,7 @@ func KillStrays(ctx context.Context, match func(cwd string) bool, keep map[int]b
 		kctx, cancel := context.WithTimeout(ctx, strayKillTimeout)
 		err = KillVerified(kctx, pid, func(pid int) bool {
 			got, err := Cwd(pid)
-			return err == nil && got == cwd
+			return err == nil && got == cwd && match(pid, got)
 		})
 		cancel()
 		if err != nil {
@@ -103,4 +105,21 @@ func KillStrays(ctx context.Context, match func(cwd string) bool, keep map[int]b
 		killed[pid] = cwd
 	}
 	return killed, errors.Join(errs...)
+}
+
+// HasInstanceID reports whether process pid's command line carries the
+// pair "--id id", as Firecracker's and the jailer's do: a process merely
+// working in a sandbox's directory (an operator's shell, say) does not.
+func HasInstanceID(pid int, id string) bool {
+	data, err := os.ReadFile(procDir + "/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "--id" && args[i+1] == id {
+			return true
+		}
+	}
+	return false
 }

@@ -11,7 +11,14 @@ import (
 // startIn starts a long sleep working in dir; the test kills it at the end.
 func startIn(t *testing.T, dir string) int {
 	t.Helper()
-	cmd := exec.Command("sleep", "60")
+	return startCmdIn(t, dir, "sleep", "60")
+}
+
+// startCmdIn starts name with args working in dir; the test kills it at
+// the end.
+func startCmdIn(t *testing.T, dir, name string, args ...string) int {
+	t.Helper()
+	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -31,7 +38,7 @@ func TestKillStraysKillsOnlyUnkeptMatches(t *testing.T) {
 		}
 	}
 	keptPid, strayPid, otherPid := startIn(t, dirs[0]), startIn(t, dirs[1]), startIn(t, dirs[2])
-	match := func(cwd string) bool { return len(cwd) > len(base) && cwd[:len(base)+1] == base+"/" }
+	match := func(_ int, cwd string) bool { return len(cwd) > len(base) && cwd[:len(base)+1] == base+"/" }
 
 	found, err := FindByCwd(match)
 	if err != nil {
@@ -63,5 +70,26 @@ func TestKillStraysKillsOnlyUnkeptMatches(t *testing.T) {
 	}
 	if _, err := Cwd(otherPid); err != nil {
 		t.Errorf("unverified pid %d was killed", otherPid)
+	}
+}
+
+func TestHasInstanceID(t *testing.T) {
+	dir := t.TempDir()
+	vmmLike := startCmdIn(t, dir, "sh", "-c", "while :; do sleep 1; done", "sh", "--api-sock", "x", "--id", "1m8habcdefgh")
+	plain := startIn(t, dir)
+	tests := []struct {
+		pid  int
+		id   string
+		want bool
+	}{
+		{vmmLike, "1m8habcdefgh", true},
+		{vmmLike, "1m8hzzzzzzzz", false},
+		{plain, "1m8habcdefgh", false}, // works in the directory, is not its VMM
+		{1 << 30, "1m8habcdefgh", false},
+	}
+	for _, tt := range tests {
+		if got := HasInstanceID(tt.pid, tt.id); got != tt.want {
+			t.Errorf("HasInstanceID(%d, %s) = %v, want %v", tt.pid, tt.id, got, tt.want)
+		}
 	}
 }

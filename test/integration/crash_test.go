@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -235,6 +236,17 @@ func runCrashCase(t *testing.T, d *daemon, c crashCase, jail *jailDirs) {
 			e.snap = r.GetSnapshot()
 		}
 	}
+	// An operator's shell working in the sandbox's directory is not a
+	// VMM: the restart must leave it alone.
+	var bystander *exec.Cmd
+	if e.sb != nil {
+		bystander = exec.Command("sleep", "300")
+		bystander.Dir = filepath.Join(d.data, "sandboxes", e.sb.GetId())
+		if err := bystander.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = bystander.Process.Kill(); _ = bystander.Wait() }()
+	}
 	seen := watchEvents(t, d)
 	c.op(t, e)
 	d.waitKilled(15 * time.Second)
@@ -244,6 +256,14 @@ func runCrashCase(t *testing.T, d *daemon, c crashCase, jail *jailDirs) {
 	lastSeen := <-seen
 	d.env = nil
 	d.start()
+
+	if bystander != nil {
+		if !testutil.Alive(bystander.Process.Pid) {
+			t.Errorf("a process working in a sandbox directory (not a VMM) was killed at start")
+		}
+		_ = bystander.Process.Kill()
+		_ = bystander.Wait()
+	}
 
 	// Each sandbox is in the state its last durable step implies.
 	list, err := d.sb.List(t.Context(), &sandboxv1.ListRequest{})
