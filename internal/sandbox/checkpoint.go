@@ -491,29 +491,12 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 		m.crash(CrashRestoreNetwork)
 	}
 
-	now := m.now()
-	rec := Sandbox{
-		ID:     id,
-		Labels: labels,
-		State:  StateStarting,
-		Hardware: Hardware{
-			VCPUs: hw.VCPUs, MemoryMiB: hw.MemoryMiB,
-			Kernel: hw.Kernel, Initrd: hw.Initrd, Rootfs: hw.Rootfs, Disk: diskPath,
-			BootArgs: hw.BootArgs, TrackDirtyPages: hw.TrackDirtyPages,
-		},
-		Process:        proc,
-		Dir:            dir,
-		CreatedAt:      now,
-		TTL:            req.TTL,
-		RestoredFrom:   meta.ID,
-		LastSnapshotID: meta.ID,
-	}
-	if rec.Labels == nil {
-		rec.Labels = map[string]string{}
-	}
-	if req.TTL > 0 {
-		rec.ExpiresAt = now.Add(req.TTL)
-	}
+	rec := slot.record(labels, Hardware{
+		VCPUs: hw.VCPUs, MemoryMiB: hw.MemoryMiB,
+		Kernel: hw.Kernel, Initrd: hw.Initrd, Rootfs: hw.Rootfs, Disk: diskPath,
+		BootArgs: hw.BootArgs, TrackDirtyPages: hw.TrackDirtyPages,
+	}, proc, req.TTL)
+	rec.RestoredFrom, rec.LastSnapshotID = meta.ID, meta.ID
 	spec := vmm.RestoreSpec{
 		ID: id, Dir: dir, APISocket: rec.Process.APISocket, ConsolePath: rec.Process.ConsolePath,
 		Logging:      vmm.LoggingSpec{LogPath: rec.Process.LogPath, MetricsPath: rec.Process.MetricsPath},

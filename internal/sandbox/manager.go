@@ -431,27 +431,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		m.crash(CrashCreateNetwork)
 	}
 
-	now := m.now()
-	rec := Sandbox{
-		ID:     id,
-		Labels: p.labels,
-		State:  StateStarting,
-		Hardware: Hardware{
-			VCPUs: p.vcpus, MemoryMiB: p.memoryMiB,
-			Kernel: p.kernel, Initrd: p.initrd, Rootfs: p.rootfs, Disk: diskPath,
-			BootArgs: p.bootArgs, TrackDirtyPages: p.trackDirtyPages,
-		},
-		Process:   proc,
-		Dir:       dir,
-		CreatedAt: now,
-		TTL:       p.ttl,
-	}
-	if rec.Labels == nil {
-		rec.Labels = map[string]string{}
-	}
-	if p.ttl > 0 {
-		rec.ExpiresAt = now.Add(p.ttl)
-	}
+	rec := slot.record(p.labels, Hardware{
+		VCPUs: p.vcpus, MemoryMiB: p.memoryMiB,
+		Kernel: p.kernel, Initrd: p.initrd, Rootfs: p.rootfs, Disk: diskPath,
+		BootArgs: p.bootArgs, TrackDirtyPages: p.trackDirtyPages,
+	}, proc, p.ttl)
 	spec := vmm.VMSpec{
 		ID: id, Dir: dir, APISocket: rec.Process.APISocket, ConsolePath: rec.Process.ConsolePath,
 		VCPUs: p.vcpus, MemoryMiB: p.memoryMiB, TrackDirtyPages: p.trackDirtyPages,
@@ -594,6 +578,21 @@ func (s *slot) prepareJail(limits vmm.Limits, proc *Process) (vmm.Jail, error) {
 		return vmm.Jail{}, fmt.Errorf("%s: preparing the jail: %w", s.op, err)
 	}
 	return j, nil
+}
+
+// record returns the new sandbox's record in StateStarting, created now,
+// with its TTL deadline.
+func (s *slot) record(labels map[string]string, hw Hardware, proc Process, ttl time.Duration) Sandbox {
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	now := s.m.now()
+	rec := Sandbox{ID: s.id, Labels: labels, State: StateStarting, Hardware: hw, Process: proc, Dir: s.dir,
+		CreatedAt: now, TTL: ttl}
+	if ttl > 0 {
+		rec.ExpiresAt = now.Add(ttl)
+	}
+	return rec
 }
 
 // attachNetwork gives the sandbox its network.
