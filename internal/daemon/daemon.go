@@ -14,11 +14,13 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
@@ -208,6 +210,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		log.Info("network ready", slog.String("bridge", cfg.Network.Bridge), slog.String("cidr", cfg.Network.CIDR),
 			slog.String("gateway", cfg.Network.Gateway), slog.Bool("allow_inter_sandbox", cfg.Network.AllowInterSandbox))
+		defer func() {
+			if err := nm.Close(); err != nil {
+				log.Error("closing the network manager", slog.Any("error", err))
+			}
+		}()
 		netMgr = nm
 	} else {
 		log.Warn("networking is disabled ([network] enabled = false): sandboxes get no NIC")
@@ -266,15 +273,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		ul.Close()
 		return fmt.Errorf("sandbox manager: %w", err)
 	}
-	if r, ok := mgr.(recoverer); ok {
-		if err := r.Recover(ctx); err != nil {
-			ul.Close()
-			return errors.Join(fmt.Errorf("recovering sandboxes: %w", err), d.stopManager(ctx, mgr))
-		}
-	}
-
+	// Serve at once, answering UNAVAILABLE ("recovering") until the
+	// recorded sandboxes are re-adopted: clients get an answer instead of
+	// hanging on a socket nobody serves.
+	var recovering atomic.Bool
+	recovering.Store(true)
 	hs := health.NewServer()
-	srvCfg := server.Config{Manager: mgr, Snapshots: mgr, Events: exchange, Health: hs, Logger: log}
+	srvCfg := server.Config{Manager: mgr, Snapshots: mgr, Events: exchange, Health: hs, Logger: log,
+		Recovering: recovering.Load}
 	listeners := []listener{{name: "unix", srv: server.NewGRPCServer(srvCfg), l: ul}}
 	if addr := cfg.GRPC.TCPAddr; addr != "" {
 		opts, err := tcpServerOptions(cfg.GRPC, log)
@@ -298,6 +304,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		})
 	}
+	if r, ok := mgr.(recoverer); ok {
+		start := time.Now()
+		if err := r.Recover(ctx); err != nil {
+			hs.Shutdown()
+			exchange.Close()
+			d.stopServers(listeners)
+			wg.Wait()
+			return errors.Join(fmt.Errorf("recovering sandboxes: %w", err), d.stopManager(ctx, mgr))
+		}
+		log.Info("recovery finished", slog.Duration("duration", time.Since(start)))
+	}
+	recovering.Store(false)
+	server.SetServing(hs, healthpb.HealthCheckResponse_SERVING)
 	attrs := []any{slog.String("socket", sock), slog.String("data_dir", cfg.Firecracker.DataDir)}
 	if len(listeners) > 1 {
 		d.tcpAddr = listeners[1].l.Addr()

@@ -34,6 +34,12 @@ type Config struct {
 	// Snapshots serves SandboxSnapshotService; nil answers
 	// FAILED_PRECONDITION.
 	Snapshots SnapshotManager
+	// Recovering, when set, reports whether the daemon is still
+	// re-adopting its sandboxes: while it returns true every sandbox.v1
+	// call answers UNAVAILABLE ("recovering") and the health service says
+	// NOT_SERVING; the owner sets the health status to SERVING when
+	// recovery has finished. Nil means the daemon is ready at once.
+	Recovering func() bool
 }
 
 // NewGRPCServer returns a grpc.Server with the sandbox.v1 services,
@@ -46,10 +52,10 @@ func NewGRPCServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	ic := interceptors{log: log}
+	ic := interceptors{log: log, recovering: cfg.Recovering}
 	all := append([]grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(ic.logUnary, ic.recoverUnary),
-		grpc.ChainStreamInterceptor(ic.logStream, ic.recoverStream),
+		grpc.ChainUnaryInterceptor(ic.logUnary, ic.gateUnary, ic.recoverUnary),
+		grpc.ChainStreamInterceptor(ic.logStream, ic.gateStream, ic.recoverStream),
 	}, opts...)
 	s := grpc.NewServer(all...)
 	sandboxv1.RegisterSandboxServiceServer(s, NewService(cfg.Manager, cfg.Events, log))
@@ -58,16 +64,58 @@ func NewGRPCServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	if hs == nil {
 		hs = health.NewServer()
 	}
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	hs.SetServingStatus(sandboxv1.SandboxService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	serving := healthpb.HealthCheckResponse_SERVING
+	if cfg.Recovering != nil && cfg.Recovering() {
+		serving = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	SetServing(hs, serving)
 	healthpb.RegisterHealthServer(s, hs)
 	reflection.Register(s)
 	return s
 }
 
-// interceptors holds the logger the interceptors write to.
+// SetServing sets the overall health status and that of
+// sandbox.v1.SandboxService.
+func SetServing(hs *health.Server, st healthpb.HealthCheckResponse_ServingStatus) {
+	hs.SetServingStatus("", st)
+	hs.SetServingStatus(sandboxv1.SandboxService_ServiceDesc.ServiceName, st)
+}
+
+// interceptors holds the logger the interceptors write to and the
+// recovery gate.
 type interceptors struct {
-	log *slog.Logger
+	log        *slog.Logger
+	recovering func() bool
+}
+
+// errRecovering is what a sandbox.v1 call gets while the daemon re-adopts
+// its sandboxes.
+var errRecovering = status.Error(codes.Unavailable,
+	"vmm-daemon is recovering its sandboxes after a restart; retry shortly")
+
+// gated reports whether method must wait for the end of recovery: every
+// call but health checks and reflection.
+func (ic interceptors) gated(method string) bool {
+	if ic.recovering == nil || strings.HasPrefix(method, "/grpc.health.") || strings.HasPrefix(method, "/grpc.reflection.") {
+		return false
+	}
+	return ic.recovering()
+}
+
+// gateUnary answers UNAVAILABLE while the daemon is recovering.
+func (ic interceptors) gateUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if ic.gated(info.FullMethod) {
+		return nil, errRecovering
+	}
+	return handler(ctx, req)
+}
+
+// gateStream answers UNAVAILABLE while the daemon is recovering.
+func (ic interceptors) gateStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if ic.gated(info.FullMethod) {
+		return errRecovering
+	}
+	return handler(srv, ss)
 }
 
 // logUnary logs every unary call with its method, code and duration.
