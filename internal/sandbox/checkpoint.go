@@ -88,9 +88,6 @@ func errNoSnapshots() error {
 // that failed.
 func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapshot.Meta, error) {
 	cat := m.cfg.Snapshots
-	if cat == nil {
-		return snapshot.Meta{}, fmt.Errorf("checkpoint: %w", errNoSnapshots())
-	}
 	if err := snapshot.ValidName(req.Name); err != nil {
 		if !errors.Is(err, errdefs.ErrInvalidArgument) {
 			err = fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
@@ -210,8 +207,9 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 		if snapshotTried {
 			inst.mu.Lock()
 			inst.rec.LastSnapshotID = ""
-			m.persistLocked(inst)
+			inst.markLocked()
 			inst.mu.Unlock()
+			m.flushLogged(ctx, inst)
 		}
 		inst.log.Error("checkpoint failed", "name", req.Name, "error", err)
 		return snapshot.Meta{}, err
@@ -285,6 +283,7 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 		"pause_ms": strconv.FormatFloat(float64(pause.Microseconds())/1000, 'f', 3, 64),
 	})
 	inst.mu.Unlock()
+	m.flushLogged(ctx, inst)
 	inst.log.Info("sandbox checkpointed", "snapshot", meta.ID, "name", meta.Name, "type", typ, "pause", pause)
 	return meta, nil
 }
@@ -387,9 +386,6 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 		return Sandbox{}, errShuttingDown()
 	}
 	cat := m.cfg.Snapshots
-	if cat == nil {
-		return Sandbox{}, fmt.Errorf("restore: %w", errNoSnapshots())
-	}
 	if !ids.Valid(req.SnapshotID) {
 		return Sandbox{}, fmt.Errorf("restore: %w", invalidSnapshotID(req.SnapshotID))
 	}
@@ -411,7 +407,7 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 	if req.TTL < 0 || req.TTL > MaxTTL {
 		return Sandbox{}, fmt.Errorf("restore: %w", invalid("ttl %v: must be between 0 (none) and %v", req.TTL, MaxTTL))
 	}
-	if meta.Network != nil && m.cfg.Network == nil {
+	if meta.Network != nil && !m.networked {
 		return Sandbox{}, fmt.Errorf("restore: snapshot %s has a network interface but networking is not configured: %w",
 			meta.ID, errdefs.ErrFailedPrecondition)
 	}
@@ -556,9 +552,6 @@ func (m *Manager) linkOrCopy(ctx context.Context, src, dst string) error {
 // exist any more).
 func (m *Manager) ListSnapshots(ctx context.Context, sandboxID string) ([]snapshot.Meta, error) {
 	cat := m.cfg.Snapshots
-	if cat == nil {
-		return nil, fmt.Errorf("list snapshots: %w", errNoSnapshots())
-	}
 	if sandboxID != "" && !ValidID(sandboxID) {
 		if _, err := m.lookup(sandboxID); err != nil {
 			return nil, fmt.Errorf("list snapshots: %w", err)
@@ -575,9 +568,6 @@ func (m *Manager) ListSnapshots(ctx context.Context, sandboxID string) ([]snapsh
 // that are reading it.
 func (m *Manager) DeleteSnapshot(ctx context.Context, id string) error {
 	cat := m.cfg.Snapshots
-	if cat == nil {
-		return fmt.Errorf("delete snapshot: %w", errNoSnapshots())
-	}
 	if !ids.Valid(id) {
 		return fmt.Errorf("delete snapshot: %w", invalidSnapshotID(id))
 	}

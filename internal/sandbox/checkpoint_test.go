@@ -735,6 +735,10 @@ func (f *fakeNetworker) Detach(_ context.Context, id string) error {
 	return nil
 }
 
+func (f *fakeNetworker) Reserve(string, netip.Addr) error { return nil }
+
+func (f *fakeNetworker) ListNetns() ([]string, error) { return nil, nil }
+
 func (f *fakeNetworker) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -81,14 +82,15 @@ type Config struct {
 	// puts each sandbox's disk, snapshot files and sockets in its jail.
 	Launcher vmm.Launcher
 	// Network gives each sandbox its network (internal/network); nil means
-	// sandboxes get no NIC.
+	// sandboxes get no NIC (New puts noNetwork in its place).
 	Network Networker
 	// Events receives every lifecycle event. Required.
 	Events *events.Exchange
 	// Logger is the structured logger (default slog.Default()).
 	Logger *slog.Logger
 	// Snapshots is the snapshot catalog (*snapshot.Catalog); nil means
-	// Checkpoint and Restore answer FailedPrecondition.
+	// there are no snapshots and Checkpoint and Restore answer
+	// FailedPrecondition (New puts noSnapshots in its place).
 	Snapshots SnapshotCatalog
 	// FirecrackerVersion is the installed binary's version (its --version,
 	// e.g. "1.16.1"; a leading "Firecracker v" is dropped), recorded in
@@ -127,13 +129,20 @@ const (
 )
 
 // Networker gives sandboxes their network. It is implemented by
-// *network.Manager.
+// *network.Manager; without networking the manager uses noNetwork.
 type Networker interface {
 	// Attach builds the sandbox's network; on failure nothing is left.
 	Attach(ctx context.Context, sandboxID string) (network.Attachment, error)
 	// Detach removes it and releases the lease; it is idempotent.
 	Detach(ctx context.Context, sandboxID string) error
+	// Reserve takes back the address lease a sandbox held before a
+	// restart; an address that is taken or outside the pool is an error.
+	Reserve(sandboxID string, ip netip.Addr) error
+	// ListNetns lists the ids of the sandbox namespaces found on the host.
+	ListNetns() ([]string, error)
 }
+
+var _ Networker = (*network.Manager)(nil)
 
 // withDefaults validates cfg and fills in the defaults.
 func (cfg Config) withDefaults() (Config, error) {
@@ -212,6 +221,13 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return cfg, fmt.Errorf("sandbox manager config: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	// The collaborators a daemon can go without get their null versions.
+	if cfg.Network == nil {
+		cfg.Network = noNetwork{}
+	}
+	if cfg.Snapshots == nil {
+		cfg.Snapshots = noSnapshots{}
 	}
 	return cfg, nil
 }

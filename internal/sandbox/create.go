@@ -71,13 +71,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	log.Debug("rootfs copied", "source", p.rootfs, "disk", diskPath, "method", string(method))
 	m.crash(CrashCreateDisk)
 
-	var att network.Attachment
-	if m.cfg.Network != nil {
-		if att, err = slot.attachNetwork(ctx); err != nil {
-			return Sandbox{}, err
-		}
-		m.crash(CrashCreateNetwork)
+	att, err := slot.attachNetwork(ctx)
+	if err != nil {
+		return Sandbox{}, err
 	}
+	m.crash(CrashCreateNetwork)
 
 	rec := slot.record(p.labels, Hardware{
 		VCPUs: p.vcpus, MemoryMiB: p.memoryMiB,
@@ -96,7 +94,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		Vsock:   &vmm.VsockSpec{CID: GuestCID, UDSPath: VsockName},
 		Logging: vmm.LoggingSpec{LogPath: rec.Process.LogPath, MetricsPath: rec.Process.MetricsPath},
 	}
-	if m.cfg.Network != nil {
+	if att.TAP != "" {
 		rec.Network = networkOf(att)
 		spec.NICs = []vmm.NICSpec{{ID: network.NICID, HostDevName: att.TAP, GuestMAC: att.GuestMAC}}
 		spec.BootArgs = strings.TrimSpace(p.bootArgs + " " + att.BootArg)
@@ -124,12 +122,12 @@ func newInstance(rec Sandbox, log *slog.Logger, limits vmm.Limits) *instance {
 // startNew registers a prepared sandbox (slot, directory, disk, jail and
 // network in place; inst starting), publishes action (created or
 // restored), starts the VMM in the background with start (what names it)
-// and writes the sandbox's record and lease. The boot runs while the
-// record is fsync'd instead of after it, and startNew still returns only
-// once the record is durable; until then it holds the sandbox's operation
-// lock and inst.mu, so a Stop or Remove, and the boot's own ready, wait
-// for the record. A daemon that dies before the record is durable leaves a
-// VMM and a directory that Recover removes; after it, one that Recover
+// and writes the sandbox's record. The boot runs while the record is
+// fsync'd instead of after it, and startNew still returns only once the
+// record is durable; until then it holds the sandbox's operation lock and
+// its record writer (not inst.mu), so a Stop or Remove, and the store
+// write of the boot's own ready, wait for the record. A daemon that dies
+// before the record is durable leaves a VMM and a directory that Recover removes; after it, one that Recover
 // adopts or fails (crash point recorded).
 //
 // registered tells the caller whether the registry took the sandbox over:
@@ -142,9 +140,14 @@ func (m *Manager) startNew(ctx context.Context, inst *instance, action, what str
 	inst.cancel = cancel
 	inst.op <- struct{}{} // free: nobody else knows the sandbox yet
 	defer inst.unlock()
+	// The record writer is held until the new record is durable, so the
+	// boot's own flushes (ready or failed) come after it; Get and List see
+	// the sandbox meanwhile.
+	inst.w.mu.Lock()
 	inst.mu.Lock()
 	if err := m.register(inst); err != nil {
 		inst.mu.Unlock()
+		inst.w.mu.Unlock()
 		cancel()
 		return Sandbox{}, false, err
 	}
@@ -152,11 +155,21 @@ func (m *Manager) startNew(ctx context.Context, inst *instance, action, what str
 		attrs["ttl"] = ttl.String()
 	}
 	m.publishLocked(inst, action, attrs)
+	gen, rec, out := inst.gen, recordOf(inst), inst.snapshotLocked()
+	inst.mu.Unlock()
 	go m.run(runCtx, inst, what, start)
-	if err := m.persistNewLocked(ctx, inst); err != nil {
-		inst.mu.Unlock()
+	err := m.createRecord(ctx, rec)
+	if err == nil {
+		inst.w.written = gen
+	} else {
+		// No record exists, and none must appear: a daemon that dies
+		// during the removal below leaves strays Recover removes.
+		inst.w.off = true
+	}
+	inst.w.mu.Unlock()
+	if err != nil {
 		inst.log.Error("the new sandbox's record could not be written; removing it", "error", err)
-		if rerr := m.removeLocked(context.WithoutCancel(ctx), inst, true, "its record could not be written"); rerr != nil {
+		if rerr := m.removeOp(context.WithoutCancel(ctx), inst, true, "its record could not be written"); rerr != nil {
 			inst.log.Error("removing a sandbox whose record could not be written", "error", rerr)
 		}
 		return Sandbox{}, true, err
@@ -164,10 +177,11 @@ func (m *Manager) startNew(ctx context.Context, inst *instance, action, what str
 	m.crash(recorded)
 	if ttl := inst.rec.TTL; ttl > 0 {
 		id := inst.id
-		inst.ttl = time.AfterFunc(ttl, func() { m.expire(id) })
+		t := time.AfterFunc(ttl, func() { m.expire(id) })
+		inst.mu.Lock()
+		inst.ttl = t
+		inst.mu.Unlock()
 	}
-	out := inst.snapshotLocked()
-	inst.mu.Unlock()
 	return out, true, nil
 }
 

@@ -28,32 +28,34 @@ func (m *Manager) run(ctx context.Context, inst *instance, what string, start st
 
 // watch waits for a running VMM to exit on its own and records the exit
 // (stopped or failed, with an event), or returns when ctx is cancelled (by
-// Stop or Remove, which then own the VMM).
+// Stop or Remove, which then own the VMM). The exit is collected without
+// inst.mu held; a Stop that began meanwhile (the state is then no longer
+// ready or running) records the exit itself, once watch has returned.
 func (m *Manager) watch(ctx context.Context, inst *instance, mach machine) {
 	select {
 	case <-mach.Done():
 	case <-ctx.Done():
 		return
 	}
-	inst.mu.Lock()
-	defer inst.mu.Unlock()
-	if s := inst.rec.State; s != StateReady && s != StateRunning {
-		return // a stop is in progress and handles the exit
-	}
 	// The process has ended: Wait only collects the status and removes
-	// the sockets.
+	// the sockets (and, for a VMM the launcher placed, its jail).
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	st, err := mach.Wait(wctx)
 	cancel()
-	inst.vm = nil
-	inst.rec.Process.PID = 0
-	inst.rec.StoppedAt = m.now()
 	attrs := exitAttrs(st)
 	// A re-adopted VMM has no launcher cleanup attached: remove its jail
 	// here (idempotent for a VMM whose own cleanup already did).
 	if err := m.releaseJail(inst.id, inst.limits); err != nil {
 		attrs["error"] = err.Error()
 	}
+	inst.mu.Lock()
+	if s := inst.rec.State; s != StateReady && s != StateRunning {
+		inst.mu.Unlock()
+		return // a stop is in progress and handles the exit
+	}
+	inst.vm = nil
+	inst.rec.Process.PID = 0
+	inst.rec.StoppedAt = m.now()
 	to := StateFailed
 	switch {
 	case err != nil:
@@ -66,6 +68,8 @@ func (m *Manager) watch(ctx context.Context, inst *instance, mach machine) {
 	}
 	attrs["reason"] = inst.rec.FailureReason
 	m.transitionLocked(inst, to, ActionExited, attrs)
+	inst.mu.Unlock()
+	m.flushLogged(ctx, inst)
 	inst.log.Warn("VMM exited on its own", "status", st.String(), "state", string(to))
 }
 
@@ -86,10 +90,14 @@ func (m *Manager) boot(ctx context.Context, inst *instance, what string, startVM
 		// Nothing runs: the jail goes (a failed launch removed it already).
 		jailErr = m.releaseJail(inst.id, inst.limits)
 	}
+	var pidStart uint64
+	if err == nil {
+		pidStart, _ = store.ProcessStartTime(mach.Pid())
+	}
 	inst.mu.Lock()
-	defer inst.mu.Unlock()
 	if inst.rec.State != StateStarting {
 		inst.vm = mach // may be nil; the stop in progress deals with it
+		inst.mu.Unlock()
 		return nil, false
 	}
 	if err != nil {
@@ -103,20 +111,22 @@ func (m *Manager) boot(ctx context.Context, inst *instance, what string, startVM
 		inst.rec.FailureReason = reason
 		inst.rec.StoppedAt = m.now()
 		m.transitionLocked(inst, StateFailed, ActionFailed, map[string]string{"reason": reason})
+		inst.mu.Unlock()
+		m.flushLogged(ctx, inst)
 		inst.log.Error(what+" failed", "error", reason)
 		return nil, false
 	}
 	inst.vm = mach
 	inst.rec.ReadyAt = m.now()
 	inst.rec.Process.PID = mach.Pid()
-	inst.pidStart = 0
-	if t, err := store.ProcessStartTime(mach.Pid()); err == nil {
-		inst.pidStart = t
-	}
+	inst.pidStart = pidStart
+	ready := inst.rec.ReadyAt.Sub(start)
 	m.transitionLocked(inst, StateReady, ActionReady, map[string]string{
-		"pid": strconv.Itoa(mach.Pid()), what + "_ms": strconv.FormatInt(inst.rec.ReadyAt.Sub(start).Milliseconds(), 10),
+		"pid": strconv.Itoa(mach.Pid()), what + "_ms": strconv.FormatInt(ready.Milliseconds(), 10),
 	})
-	inst.log.Info("sandbox ready", "pid", mach.Pid(), what+"_time", inst.rec.ReadyAt.Sub(start))
+	inst.mu.Unlock()
+	m.flushLogged(ctx, inst)
+	inst.log.Info("sandbox ready", "pid", mach.Pid(), what+"_time", ready)
 	return mach, true
 }
 
@@ -145,29 +155,23 @@ func exitAttrs(st vmm.ExitStatus) map[string]string {
 	return a
 }
 
-// publishLocked publishes an event about inst in its current state.
-// inst.mu must be held, which keeps each sandbox's events in order.
-//
-// The record is written after the event is handed to the exchange but
-// before inst.mu is released: an RPC that made the change still returns
-// only once it is durable, writes of one sandbox stay in order, and a
-// subscriber waiting for a background change (a boot's ready) does not
-// wait for the fsync. A daemon that dies in between loses no state Recover
-// cannot rebuild: a ready VMM whose record still says starting is found by
-// its directory and re-adopted.
+// publishLocked publishes an event about inst in its current state and
+// marks the record for the store. inst.mu must be held, which keeps each
+// sandbox's events in order; the caller flushes the record once it has
+// released inst.mu (before an RPC returns, so that the change it made is
+// durable). A daemon that dies in between loses no state Recover cannot
+// rebuild: a ready VMM whose record still says starting is found by its
+// directory and re-adopted.
 func (m *Manager) publishLocked(inst *instance, action string, attrs map[string]string) {
 	m.events.Publish(events.Event{
 		SandboxID: inst.id, Action: action, State: string(inst.rec.State), Time: m.now(), Attributes: attrs,
 	})
-	if action != ActionCreated && action != ActionRestored {
-		// A new sandbox's record was written before it was registered.
-		m.persistLocked(inst)
-	}
+	inst.markLocked()
 }
 
-// transitionLocked moves inst to state to and publishes action. A move the
-// state machine forbids is a bug: it is logged and refused. inst.mu must
-// be held.
+// transitionLocked moves inst to state to and publishes action (the caller
+// flushes). A move the state machine forbids is a bug: it is logged and
+// refused. inst.mu must be held.
 func (m *Manager) transitionLocked(inst *instance, to State, action string, attrs map[string]string) bool {
 	from := inst.rec.State
 	if !allowed(from, to) {

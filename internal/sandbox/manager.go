@@ -32,6 +32,8 @@ type Manager struct {
 	// cloneDisk copies a disk image or snapshot file (cloneNoSync; tests
 	// inject failures).
 	cloneDisk func(ctx context.Context, src, dst string) error
+	// networked is set when Config.Network was given: sandboxes get a NIC.
+	networked bool
 	// jailer is Config.Launcher when it jails VMMs, else nil.
 	jailer Jailer
 
@@ -68,9 +70,18 @@ type instance struct {
 	// name its cgroups under the jailer. Immutable.
 	limits vmm.Limits
 
-	// mu guards the fields that follow; never held across blocking calls.
-	mu      sync.Mutex
-	rec     Sandbox
+	// w orders this sandbox's store writes; see recordWriter for the lock
+	// order.
+	w recordWriter
+
+	// mu guards the fields that follow. It is held only to read or decide
+	// the record and to publish its event, never across a store write, a
+	// VMM call, a wait or a file system change.
+	mu  sync.Mutex
+	rec Sandbox
+	// gen counts the changes the store must hear of (markLocked); flush
+	// writes up to it.
+	gen     uint64
 	vm      machine     // nil when no VMM runs (or before READY)
 	ttl     *time.Timer // nil without TTL
 	removed bool
@@ -113,6 +124,7 @@ func New(cfg Config) (*Manager, error) {
 
 // newManager is New with the runtime given (tests pass a fake).
 func newManager(cfg Config, rt runtime) (*Manager, error) {
+	networked := cfg.Network != nil
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -120,6 +132,7 @@ func newManager(cfg Config, rt runtime) (*Manager, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	jailer, _ := cfg.Launcher.(Jailer)
 	return &Manager{
+		networked:    networked,
 		jailer:       jailer,
 		cfg:          cfg,
 		rt:           rt,

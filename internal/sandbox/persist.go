@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net/netip"
 	"slices"
 	"time"
 
@@ -113,51 +112,6 @@ func sandboxOf(r store.SandboxRecord) Sandbox {
 		RestoredFrom:   r.RestoredFrom,
 		LastPause:      r.LastPause,
 		LastSnapshotID: r.LastSnapshotID,
-	}
-}
-
-// persistNewLocked writes a new sandbox's record and its address lease in
-// one transaction. inst.mu must be held.
-func (m *Manager) persistNewLocked(ctx context.Context, inst *instance) error {
-	if m.cfg.Store == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
-	defer cancel()
-	var leases []store.Lease
-	if ip := inst.rec.Network.IP; ip != "" {
-		addr, err := netip.ParseAddr(ip)
-		if err != nil {
-			return fmt.Errorf("sandbox %s: address %q: %w", inst.id, ip, err)
-		}
-		leases = append(leases, store.Lease{IP: addr, SandboxID: inst.id})
-	}
-	if err := m.cfg.Store.CreateSandbox(ctx, recordOf(inst), leases...); err != nil {
-		return fmt.Errorf("sandbox %s: recording it: %w", inst.id, err)
-	}
-	return nil
-}
-
-// persistLocked writes inst's record after a change (or deletes it once
-// the sandbox is removed). A failure is logged: the in-memory state has
-// already changed and the VMM cannot be un-started. inst.mu must be held,
-// which keeps the writes of one sandbox in order.
-func (m *Manager) persistLocked(inst *instance) {
-	if m.cfg.Store == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-	defer cancel()
-	var err error
-	if inst.removed {
-		if err = m.cfg.Store.DeleteSandbox(ctx, inst.id); errors.Is(err, errdefs.ErrNotFound) {
-			err = nil
-		}
-	} else {
-		err = m.cfg.Store.PutSandbox(ctx, recordOf(inst))
-	}
-	if err != nil {
-		inst.log.Error("writing the sandbox record to the store", "error", err)
 	}
 }
 

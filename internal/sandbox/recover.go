@@ -18,18 +18,6 @@ import (
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
-// leaseReserver is implemented by a Networker that can take back an
-// address lease after a restart (*network.Manager).
-type leaseReserver interface {
-	Reserve(sandboxID string, ip netip.Addr) error
-}
-
-// netnsLister is implemented by a Networker that can list the sandbox
-// namespaces it finds on the host (*network.Manager).
-type netnsLister interface {
-	ListNetns() ([]string, error)
-}
-
 // adoptTimeout bounds the check of one recorded VMM's API socket.
 const adoptTimeout = 3 * time.Second
 
@@ -220,34 +208,47 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 		rec: sandboxOf(r), limits: vmm.Limits{VCPUs: r.Hardware.VCPUs, MemoryMiB: r.Hardware.MemoryMiB},
 		pidStart: r.Process.PIDStartTime,
 	}
-	if r.Network.IP != "" && m.cfg.Network != nil {
-		if res, ok := m.cfg.Network.(leaseReserver); ok {
-			if ip, err := netip.ParseAddr(r.Network.IP); err != nil {
-				log.Error("stored address", "ip", r.Network.IP, "error", err)
-			} else if err := res.Reserve(r.ID, ip); err != nil {
-				log.Error("taking back the address lease", "ip", ip, "error", err)
-			}
+	if r.Network.IP != "" {
+		if ip, err := netip.ParseAddr(r.Network.IP); err != nil {
+			log.Error("stored address", "ip", r.Network.IP, "error", err)
+		} else if err := m.cfg.Network.Reserve(r.ID, ip); err != nil {
+			log.Error("taking back the address lease", "ip", ip, "error", err)
 		}
 	}
 
 	state := inst.rec.State
+	live := mach != nil && (state == StateReady || state == StateRunning || state == StateStarting)
+	attrs := map[string]string{"reason": reasonDiedWhileDown}
+	if mach != nil && !live && !state.Final() {
+		// Caught half-way through a stop: finish it by killing the VMM.
+		st, err := mach.Kill(context.WithoutCancel(ctx))
+		if err != nil {
+			log.Error("killing the VMM of an interrupted stop", "error", err)
+		}
+		attrs = exitAttrs(st)
+		attrs["reason"] = "the daemon stopped during a stop; the VMM was killed"
+	}
+	var pidStart uint64
+	if live && state == StateStarting {
+		pidStart, _ = store.ProcessStartTime(mach.Pid())
+	}
 
 	inst.mu.Lock()
-	defer inst.mu.Unlock()
 	m.mu.Lock()
 	m.sandboxes[inst.id] = inst
 	m.mu.Unlock()
-
 	switch {
 	case state.Final():
 		close(inst.done)
+		inst.mu.Unlock()
 		log.Info("sandbox recovered", "state", string(state))
-	case mach != nil && (state == StateReady || state == StateRunning || state == StateStarting):
+		return inst
+	case live:
 		if state == StateStarting {
 			// The boot finished while the daemon died: record it now.
 			inst.rec.ReadyAt = m.now()
 			inst.rec.Process.PID = mach.Pid()
-			inst.pidStart, _ = store.ProcessStartTime(mach.Pid())
+			inst.pidStart = pidStart
 			m.transitionLocked(inst, StateReady, ActionReady, map[string]string{
 				"pid": strconv.Itoa(mach.Pid()), "reason": "the boot finished while the daemon was down",
 			})
@@ -259,44 +260,39 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 		m.mu.Lock()
 		m.wg.Add(1)
 		m.mu.Unlock()
+		inst.mu.Unlock()
+		m.flushLogged(ctx, inst)
 		go func() {
 			defer m.wg.Done()
 			defer close(inst.done)
 			m.watch(runCtx, inst, mach)
 		}()
 		log.Info("sandbox re-adopted", "state", string(state), "pid", mach.Pid())
-	default:
-		// Dead, or caught half-way (starting or stopping): nothing runs
-		// any more, or what runs is killed.
-		close(inst.done)
-		attrs := map[string]string{"reason": reasonDiedWhileDown}
-		if mach != nil {
-			st, err := mach.Kill(context.WithoutCancel(ctx))
-			if err != nil {
-				log.Error("killing the VMM of an interrupted stop", "error", err)
-			}
-			attrs = exitAttrs(st)
-			attrs["reason"] = "the daemon stopped during a stop; the VMM was killed"
-		}
-		to, action := StateStopped, ActionExited
-		switch state {
-		case StateStarting:
-			to, action = StateFailed, ActionFailed
-		case StateStopping:
-			action = ActionStopped
-		}
-		inst.rec.Process.PID = 0
-		inst.pidStart = 0
-		inst.rec.StoppedAt = m.now()
-		inst.rec.FailureReason = attrs["reason"]
-		m.transitionLocked(inst, to, action, attrs)
-		// The network stays held, as for any stopped sandbox: Remove
-		// releases it together with the record and its lease.
-		if err := m.releaseJail(inst.id, inst.limits); err != nil {
-			log.Error("removing the jail of a dead sandbox", "error", err)
-		}
-		log.Warn("sandbox's VMM died while the daemon was down", "was", string(state), "now", string(to))
+		return inst
 	}
+	// Dead, or caught half-way (starting or stopping): nothing runs any
+	// more.
+	close(inst.done)
+	to, action := StateStopped, ActionExited
+	switch state {
+	case StateStarting:
+		to, action = StateFailed, ActionFailed
+	case StateStopping:
+		action = ActionStopped
+	}
+	inst.rec.Process.PID = 0
+	inst.pidStart = 0
+	inst.rec.StoppedAt = m.now()
+	inst.rec.FailureReason = attrs["reason"]
+	m.transitionLocked(inst, to, action, attrs)
+	inst.mu.Unlock()
+	m.flushLogged(ctx, inst)
+	// The network stays held, as for any stopped sandbox: Remove releases
+	// it together with the record and its lease.
+	if err := m.releaseJail(inst.id, inst.limits); err != nil {
+		log.Error("removing the jail of a dead sandbox", "error", err)
+	}
+	log.Warn("sandbox's VMM died while the daemon was down", "was", string(state), "now", string(to))
 	return inst
 }
 
@@ -411,11 +407,7 @@ func (m *Manager) removeStrays(ctx context.Context, known map[string]bool) {
 		m.log.Warn("removed a sandbox directory no record owns", "dir", dir)
 	}
 	m.removeStrayJails(known)
-	lister, ok := m.cfg.Network.(netnsLister)
-	if !ok || m.cfg.Network == nil {
-		return
-	}
-	ids, err := lister.ListNetns()
+	ids, err := m.cfg.Network.ListNetns()
 	if err != nil {
 		m.log.Error("listing sandbox namespaces", "error", err)
 		return

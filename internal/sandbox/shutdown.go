@@ -48,7 +48,7 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 		return m.leave(ctx, insts)
 	}
 	m.log.Info("stopping all sandboxes", "count", len(insts))
-	m.eachLocked(ctx, insts, func(inst *instance) {
+	m.eachOp(ctx, insts, func(inst *instance) {
 		inst.mu.Lock()
 		removed, final := inst.removed, inst.rec.State.Final()
 		inst.mu.Unlock()
@@ -56,14 +56,19 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 			return
 		}
 		if !final {
-			if err := m.stopLocked(ctx, inst, m.cfg.StopTimeout, false, "daemon shutdown"); err != nil {
+			if err := m.stopOp(ctx, inst, m.cfg.StopTimeout, false, "daemon shutdown"); err != nil {
 				inst.log.Error("stopping sandbox at shutdown", "error", err)
-				return
+				inst.mu.Lock()
+				final = inst.rec.State.Final()
+				inst.mu.Unlock()
+				if !final {
+					return
+				}
 			}
 		}
 		// "stop" mode ends with nothing: release the sandbox's files
 		// and its record too.
-		if err := m.removeLocked(context.WithoutCancel(ctx), inst, true, "daemon shutdown"); err != nil {
+		if err := m.removeOp(context.WithoutCancel(ctx), inst, true, "daemon shutdown"); err != nil {
 			inst.log.Error("removing sandbox at shutdown", "error", err)
 		}
 	})
@@ -79,7 +84,7 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 // has its boot cancelled (it is recorded as failed).
 func (m *Manager) leave(ctx context.Context, insts []*instance) error {
 	m.log.Info("leaving sandboxes running", "count", len(insts))
-	m.eachLocked(ctx, insts, func(inst *instance) {
+	m.eachOp(ctx, insts, func(inst *instance) {
 		inst.cancel()
 		<-inst.done
 		inst.mu.Lock()
@@ -95,11 +100,11 @@ func (m *Manager) leave(ctx context.Context, insts []*instance) error {
 	return nil
 }
 
-// eachLocked is the common part of both shutdown modes: it stops every TTL
+// eachOp is the common part of both shutdown modes: it stops every TTL
 // timer, runs fn on every instance in parallel with its operation lock held
 // (waiting for the lock is not bounded by ctx: the work must complete), then
 // waits for all background goroutines and marks the shutdown done.
-func (m *Manager) eachLocked(ctx context.Context, insts []*instance, fn func(*instance)) {
+func (m *Manager) eachOp(ctx context.Context, insts []*instance, fn func(*instance)) {
 	var wg sync.WaitGroup
 	for _, inst := range insts {
 		inst.mu.Lock()

@@ -29,7 +29,7 @@ func (m *Manager) Stop(ctx context.Context, id string, timeout time.Duration) (S
 		return Sandbox{}, err
 	}
 	defer inst.unlock()
-	if err := m.stopLocked(ctx, inst, timeout, false, "stop requested"); err != nil {
+	if err := m.stopOp(ctx, inst, timeout, false, "stop requested"); err != nil {
 		return Sandbox{}, err
 	}
 	inst.mu.Lock()
@@ -37,12 +37,13 @@ func (m *Manager) Stop(ctx context.Context, id string, timeout time.Duration) (S
 	return inst.snapshotLocked(), nil
 }
 
-// stopLocked moves a live sandbox through STOPPING to STOPPED: it cancels
+// stopOp moves a live sandbox through STOPPING to STOPPED: it cancels
 // the boot or the watcher, then shuts the VMM down (SendCtrlAltDel, wait up
 // to timeout, SIGKILL) or, with force, kills it at once. The caller holds
-// the operation lock. The stop always completes: when ctx ends the VMM is
-// killed rather than left running.
-func (m *Manager) stopLocked(ctx context.Context, inst *instance, timeout time.Duration, force bool, reason string) error {
+// inst's operation lock (not inst.mu). The stop always completes: when ctx
+// ends the VMM is killed rather than left running. It returns an error
+// when the stopped record could not be written.
+func (m *Manager) stopOp(ctx context.Context, inst *instance, timeout time.Duration, force bool, reason string) error {
 	inst.mu.Lock()
 	from := inst.rec.State
 	switch from {
@@ -58,6 +59,7 @@ func (m *Manager) stopLocked(ctx context.Context, inst *instance, timeout time.D
 		return fmt.Errorf("sandbox %s: cannot stop in state %s: %w", inst.id, from, errdefs.ErrFailedPrecondition)
 	}
 	inst.mu.Unlock()
+	m.flushLogged(ctx, inst)
 	inst.log.Info("stopping sandbox", "from", string(from), "timeout", timeout, "force", force, "reason", reason)
 	m.crash(CrashStopStopping)
 
@@ -100,12 +102,12 @@ func (m *Manager) stopLocked(ctx context.Context, inst *instance, timeout time.D
 		inst.log.Error("removing the jail", "error", err)
 	}
 	inst.mu.Lock()
-	defer inst.mu.Unlock()
 	inst.vm = nil
 	inst.rec.Process.PID = 0
 	inst.rec.StoppedAt = m.now()
 	m.transitionLocked(inst, StateStopped, ActionStopped, attrs)
-	return nil
+	inst.mu.Unlock()
+	return m.flush(ctx, inst)
 }
 
 // Remove deletes a sandbox and every resource it holds. A sandbox that is
@@ -117,11 +119,12 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 		return err
 	}
 	defer inst.unlock()
-	return m.removeLocked(ctx, inst, force, "remove requested")
+	return m.removeOp(ctx, inst, force, "remove requested")
 }
 
-// removeLocked is Remove with the operation lock held.
-func (m *Manager) removeLocked(ctx context.Context, inst *instance, force bool, reason string) error {
+// removeOp is Remove; the caller holds inst's operation lock (not
+// inst.mu).
+func (m *Manager) removeOp(ctx context.Context, inst *instance, force bool, reason string) error {
 	inst.mu.Lock()
 	state := inst.rec.State
 	inst.mu.Unlock()
@@ -130,7 +133,7 @@ func (m *Manager) removeLocked(ctx context.Context, inst *instance, force bool, 
 			return fmt.Errorf("sandbox %s is %s; stop it first or remove it with --force: %w",
 				inst.id, state, errdefs.ErrFailedPrecondition)
 		}
-		if err := m.stopLocked(ctx, inst, 0, true, reason); err != nil {
+		if err := m.stopOp(ctx, inst, 0, true, reason); err != nil {
 			return err
 		}
 	}
@@ -144,9 +147,12 @@ func (m *Manager) removeLocked(ctx context.Context, inst *instance, force bool, 
 	// resources are half gone.
 	if !inst.removing {
 		inst.removing = true
-		m.persistLocked(inst)
+		inst.markLocked()
 	}
 	inst.mu.Unlock()
+	if err := m.flush(ctx, inst); err != nil {
+		return fmt.Errorf("remove: recording the removal before releasing anything: %w", err)
+	}
 	m.crash(CrashRemoveMarked)
 	if err := m.releaseAll(ctx, inst.id, inst.limits, dir); err != nil {
 		return err
@@ -159,6 +165,9 @@ func (m *Manager) removeLocked(ctx context.Context, inst *instance, force bool, 
 	inst.removed = true
 	m.publishLocked(inst, ActionRemoved, map[string]string{"reason": reason})
 	inst.mu.Unlock()
+	// The sandbox is gone; a record the store still holds says removing,
+	// and the next start finishes the removal.
+	m.flushLogged(ctx, inst)
 	inst.log.Info("sandbox removed", "reason", reason)
 	return nil
 }
@@ -166,10 +175,8 @@ func (m *Manager) removeLocked(ctx context.Context, inst *instance, force bool, 
 // releaseAll releases what a sandbox without a VMM holds: its network
 // (and lease), its jail and its directory. It is idempotent.
 func (m *Manager) releaseAll(ctx context.Context, id string, limits vmm.Limits, dir string) error {
-	if m.cfg.Network != nil {
-		if err := m.cfg.Network.Detach(ctx, id); err != nil {
-			return fmt.Errorf("sandbox %s: releasing its network: %w", id, err)
-		}
+	if err := m.cfg.Network.Detach(ctx, id); err != nil {
+		return fmt.Errorf("sandbox %s: releasing its network: %w", id, err)
 	}
 	if err := m.releaseJail(id, limits); err != nil {
 		return fmt.Errorf("sandbox %s: %w", id, err)
@@ -209,8 +216,9 @@ func (m *Manager) expire(id string) {
 	}
 	m.publishLocked(inst, ActionExpired, map[string]string{"reason": "ttl", "ttl": inst.rec.TTL.String()})
 	inst.mu.Unlock()
+	m.flushLogged(ctx, inst)
 	inst.log.Info("sandbox TTL expired")
-	if err := m.removeLocked(context.WithoutCancel(ctx), inst, true, "ttl"); err != nil {
+	if err := m.removeOp(context.WithoutCancel(ctx), inst, true, "ttl"); err != nil {
 		inst.log.Error("removing expired sandbox", "error", err)
 	}
 }
