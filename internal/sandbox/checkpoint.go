@@ -275,7 +275,6 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 		return fail(checkpointError("commit", err))
 	}
 	m.crash(CrashCheckpointCommitted)
-	m.recordSnapshot(meta)
 
 	inst.mu.Lock()
 	inst.rec.LastPause = pause
@@ -584,6 +583,5 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, id string) error {
 	if err := cat.Delete(ctx, id); err != nil {
 		return fmt.Errorf("delete snapshot: %w", err)
 	}
-	m.unrecordSnapshot(id)
 	return nil
 }
