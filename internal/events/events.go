@@ -4,15 +4,40 @@
 // subscriber has a bounded buffer, and a subscriber whose buffer is full is
 // dropped with ErrSlowConsumer instead of slowing the publisher down. The
 // exchange keeps the most recent events in a bounded ring so that a
-// subscriber can resume from a sequence number.
+// subscriber can resume from a sequence number, and reads older ones from
+// Options.Backfill (the durable store).
 //
 // # Concurrency properties
 //
 // All methods are safe for concurrent use. Events reach every subscriber in
 // publication order, with strictly increasing sequence numbers. A
-// Subscription's channel is closed when the subscription ends (its context
-// ends, Close is called, it falls behind, or the exchange is closed); Err
-// then says why.
+// subscription that resumes from a sequence number gets every matching
+// event after it exactly once, in order: first the history, then the live
+// events, with no gap and no duplicate at the join. A Subscription's
+// channel is closed when the subscription ends (its context ends, Close is
+// called, it falls behind, or the exchange is closed); Err then says why.
+//
+// # Locking
+//
+// One mutex per Exchange (Exchange.mu) guards the sequence number, the
+// ring, the set of subscriptions and each subscription's end. What holds
+// it, and for how long:
+//
+//   - Publish holds it for its whole run: assigning the sequence number,
+//     calling Options.Persist (and OnPersistError), updating the ring and
+//     sending to each subscriber's buffer without blocking. Persist and
+//     OnPersistError therefore run with the lock held: they must not block
+//     or call back into the exchange. The sandbox manager calls Publish
+//     while holding a sandbox's lock, so the exchange's lock comes after
+//     every caller's.
+//   - Subscribe holds it only to look at the ring and, once it has the
+//     history it needs, to read the rest of the ring and register the
+//     subscription in one step. It calls Options.Backfill with no lock
+//     held: a slow read of old history never delays Publish, and Backfill
+//     may itself publish or subscribe.
+//   - SetSeq, LastSeq, Close, Subscription.Err and Subscription.Close
+//     hold it briefly; a subscription's context callback takes it to end
+//     the subscription.
 //
 // It imports the standard library only.
 package events
@@ -82,16 +107,32 @@ type Options struct {
 	Now func() time.Time
 	// Persist, when set, is called by Publish with each event once its
 	// sequence number is assigned, in sequence order, before the event is
-	// delivered (the daemon writes it to the durable store). Its error is
-	// only reported to OnPersistError: the event is published anyway.
+	// delivered (the daemon queues it for the durable store). It runs with
+	// the exchange's lock held (see Locking), so it must not block or call
+	// into the exchange. Its error is only reported to OnPersistError
+	// (called the same way): the event is published anyway.
 	Persist func(Event) error
 	// OnPersistError receives Persist's errors (default: ignored).
 	OnPersistError func(Event, error)
-	// Backfill, when set, returns the events after since that are older
-	// than the retained history (from the durable store): ok is false when
-	// some of them are gone there too.
+	// Backfill, when set, returns the stored events after since, oldest
+	// first, for a subscriber resuming from further back than the
+	// retained history (the daemon reads the durable store); ok is false
+	// when some of them are gone there too. It is called without the
+	// exchange's lock (see Locking), possibly more than once per
+	// Subscribe, each time with a greater since. The exchange relies on
+	// its result holding every event ever written after since that is
+	// older than the ring's oldest event when Subscribe looked, and every
+	// written one up to the newest it returns: a sequence number missing
+	// there is taken as one that was never written. Events it returns
+	// that the ring still holds are delivered from the ring.
 	Backfill func(since uint64) (evs []Event, ok bool, err error)
 }
+
+// maxBackfillRounds bounds how often one Subscribe calls Backfill. It
+// calls it again only when events were published so fast during the
+// previous call that the ring no longer reaches back to what that call
+// returned.
+const maxBackfillRounds = 4
 
 // Exchange fans events out to subscribers.
 type Exchange struct {
@@ -102,7 +143,9 @@ type Exchange struct {
 	onPersist func(Event, error)
 	backfill  func(since uint64) ([]Event, bool, error)
 
-	// mu guards the fields that follow.
+	// mu guards the fields that follow, and the err and stop fields of
+	// every Subscription. See Locking in the package doc for when it is
+	// held.
 	mu     sync.Mutex
 	seq    uint64
 	ring   []Event // the last `history` events, oldest first
@@ -170,35 +213,76 @@ func (x *Exchange) Publish(ev Event) Event {
 	return ev
 }
 
-// Subscribe starts a subscription. With since > 0, retained events with a
-// greater sequence number are delivered first; if events after since are no
-// longer retained, Subscribe fails with ErrHistoryGone. The subscription ends
-// when ctx ends.
+// Subscribe starts a subscription. With since > 0, the matching events
+// with a greater sequence number that are still known are delivered first,
+// each once and in order, then the live ones. The retained ring serves
+// them when it reaches back to since; otherwise Options.Backfill supplies
+// the older part, read without the exchange's lock (Publish goes on
+// meanwhile), and the ring the rest, which Subscribe takes together with
+// registering the subscription. When the ring has moved past what Backfill
+// returned, Backfill is asked again from there, up to maxBackfillRounds
+// times in all. Subscribe fails with ErrHistoryGone when events after since
+// are no longer retained (no Backfill, or Backfill says they are gone), or
+// when the history could not be caught up within maxBackfillRounds. A
+// since of 0, or at or beyond the last sequence number published, replays
+// nothing: every event published after Subscribe is delivered. The
+// subscription ends when ctx ends.
 func (x *Exchange) Subscribe(ctx context.Context, f Filter, since uint64) (*Subscription, error) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.closed {
-		return nil, ErrClosed
-	}
-	var replay []Event
-	if since > 0 && since < x.seq {
+	// old holds the stored events after since, increasing, that the
+	// backfills returned; together with those never written they are
+	// every event in (since, reach).
+	var old []Event
+	reach := since + 1
+	for round := 0; ; round++ {
+		x.mu.Lock()
+		if x.closed {
+			x.mu.Unlock()
+			return nil, ErrClosed
+		}
 		// The oldest event the ring holds (x.seq+1 when it is empty).
 		oldest := x.seq + 1 - uint64(len(x.ring))
-		if oldest > since+1 {
-			if x.backfill == nil {
-				return nil, ErrHistoryGone
+		if since == 0 || since >= x.seq || oldest <= reach {
+			s := x.subscribeLocked(ctx, f, since, old, oldest)
+			x.mu.Unlock()
+			return s, nil
+		}
+		x.mu.Unlock()
+		if x.backfill == nil {
+			return nil, ErrHistoryGone
+		}
+		if round == maxBackfillRounds {
+			return nil, fmt.Errorf("events since %d: %w: the history moved on faster than %d reads of the store could follow",
+				since, ErrHistoryGone, maxBackfillRounds)
+		}
+		evs, ok, err := x.backfill(reach - 1)
+		if err != nil {
+			return nil, fmt.Errorf("events since %d: %w", reach-1, err)
+		}
+		if !ok {
+			return nil, ErrHistoryGone
+		}
+		// The store holds what was older than the ring when it was looked
+		// at, and everything up to the newest event it returned.
+		next := max(reach, oldest)
+		for _, ev := range evs {
+			if ev.Seq >= reach && (len(old) == 0 || ev.Seq > old[len(old)-1].Seq) {
+				old = append(old, ev)
+				next = max(next, ev.Seq+1)
 			}
-			old, ok, err := x.backfill(since)
-			if err != nil {
-				return nil, fmt.Errorf("events since %d: %w", since, err)
-			}
-			if !ok {
-				return nil, ErrHistoryGone
-			}
-			for _, ev := range old {
-				if ev.Seq > since && ev.Seq < oldest && f.Match(ev) {
-					replay = append(replay, ev)
-				}
+		}
+		reach = next
+	}
+}
+
+// subscribeLocked registers a subscription to f and fills its buffer with
+// the history after since: the stored events in old older than the ring's
+// oldest, then the ring's. x.mu must be held.
+func (x *Exchange) subscribeLocked(ctx context.Context, f Filter, since uint64, old []Event, oldest uint64) *Subscription {
+	var replay []Event
+	if since > 0 {
+		for _, ev := range old {
+			if ev.Seq < oldest && f.Match(ev) {
+				replay = append(replay, ev)
 			}
 		}
 		for _, ev := range x.ring {
@@ -213,7 +297,7 @@ func (x *Exchange) Subscribe(ctx context.Context, f Filter, since uint64) (*Subs
 	}
 	x.subs[s] = struct{}{}
 	s.stop = context.AfterFunc(ctx, func() { s.end(ctx.Err()) })
-	return s, nil
+	return s
 }
 
 // Close ends every subscription with ErrClosed. Later Publish calls are

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -268,5 +269,285 @@ func TestPersistAndBackfill(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// history is a durable event history for tests: Persist appends to it and
+// Backfill reads it, from any goroutine.
+type history struct {
+	mu  sync.Mutex
+	evs []Event
+	// from is the oldest sequence it still holds (0: all).
+	from uint64
+}
+
+func (h *history) persist(ev Event) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.evs = append(h.evs, ev)
+	return nil
+}
+
+// since is what the store's EventsSince would return.
+func (h *history) since(since uint64) ([]Event, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []Event
+	for _, ev := range h.evs {
+		if ev.Seq > since && ev.Seq >= h.from {
+			out = append(out, ev)
+		}
+	}
+	return out, since+1 >= h.from
+}
+
+// testEvent is the i-th event the backfill tests publish.
+func testEvent(i int) Event {
+	return Event{SandboxID: []string{"a", "b", "c"}[i%3], Action: []string{"created", "ready", "stopped", "removed"}[i%4]}
+}
+
+// wait fails the test unless ch is closed (or sends) within 5s.
+func wait[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: not within 5s", what)
+	}
+	var zero T
+	return zero
+}
+
+// Subscribe reads the durable history without the exchange's lock:
+// Publish completes while a Backfill is parked, and the subscription then
+// gets every matching event after since exactly once, in order (backfilled,
+// published during the backfill, live), however the ring moved meanwhile.
+func TestBackfillOutsideTheLock(t *testing.T) {
+	const (
+		ringSize = 8
+		before   = 12 // published before Subscribe: the ring holds 5..12
+		live     = 3  // published after Subscribe returned
+	)
+	tests := []struct {
+		name   string
+		filter Filter
+		since  uint64
+		// during is how many events are published while Backfill is
+		// parked (or, without a backfill, after Subscribe returned).
+		during int
+		// late: Backfill reads the store after it is released (seeing
+		// the events published meanwhile), not before it parks.
+		late bool
+		// storeFrom is the oldest event the store still holds.
+		storeFrom uint64
+		// backfills is how many times Backfill must be called.
+		backfills int
+		wantErr   error
+	}{
+		{name: "live only", since: 0, during: 3},
+		{name: "inside the ring", since: 8, during: 3},
+		{name: "at the ring's edge", since: 4, during: 3},
+		{name: "at the last event", since: before, during: 2},
+		{name: "beyond the last event", since: 100, during: 2},
+		{name: "one before the ring's edge", since: 3, during: 3, backfills: 1},
+		{name: "from the first event", since: 1, during: 0, backfills: 1},
+		{name: "ring spliced after an early read", since: 2, during: 8, backfills: 1},
+		{name: "ring spliced after a late read", since: 2, during: 20, late: true, backfills: 1},
+		{name: "ring moved past an early read: second backfill", since: 2, during: 9, backfills: 2},
+		{name: "ring moved far past an early read", since: 1, during: 30, backfills: 2},
+		{name: "filter by sandbox", filter: Filter{SandboxID: "a"}, since: 2, during: 5, backfills: 1},
+		{name: "filter by action, late read", filter: Filter{Actions: []string{"ready", "removed"}}, since: 2, during: 5,
+			late: true, backfills: 1},
+		{name: "both filters, second backfill", filter: Filter{SandboxID: "b", Actions: []string{"created", "ready"}},
+			since: 2, during: 12, backfills: 2},
+		{name: "filter matching nothing", filter: Filter{SandboxID: "zzz"}, since: 2, during: 3, backfills: 1},
+		{name: "filter by sandbox inside the ring", filter: Filter{SandboxID: "c"}, since: 6, during: 3},
+		{name: "store trimmed too", since: 2, during: 3, storeFrom: 5, backfills: 1, wantErr: ErrHistoryGone},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := &history{from: tt.storeFrom}
+			entered, release := make(chan struct{}), make(chan struct{})
+			var (
+				mu        sync.Mutex
+				backfills int
+			)
+			x := NewExchange(Options{History: ringSize, Buffer: 64, Persist: h.persist,
+				Backfill: func(since uint64) ([]Event, bool, error) {
+					mu.Lock()
+					backfills++
+					first := backfills == 1
+					mu.Unlock()
+					evs, ok := h.since(since)
+					if first {
+						close(entered)
+						<-release
+						if tt.late {
+							evs, ok = h.since(since)
+						}
+					}
+					return evs, ok, nil
+				}})
+			defer x.Close()
+			// On failure too, so that the exchange can close.
+			releaseBackfill := sync.OnceFunc(func() { close(release) })
+			defer releaseBackfill()
+			n := 0
+			publish := func(k int) {
+				for range k {
+					n++
+					x.Publish(testEvent(n))
+				}
+			}
+			publish(before)
+
+			type result struct {
+				s   *Subscription
+				err error
+			}
+			res := make(chan result, 1)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			go func() {
+				s, err := x.Subscribe(ctx, tt.filter, tt.since)
+				res <- result{s, err}
+			}()
+			var r result
+			if tt.backfills > 0 {
+				wait(t, entered, "Backfill called")
+				// Backfill is parked: Publish must not wait for it.
+				published := make(chan struct{})
+				go func() {
+					defer close(published)
+					publish(tt.during)
+				}()
+				wait(t, published, "Publish while Backfill is parked")
+				releaseBackfill()
+				r = wait(t, res, "Subscribe")
+			} else {
+				r = wait(t, res, "Subscribe")
+				publish(tt.during)
+			}
+			mu.Lock()
+			got := backfills
+			mu.Unlock()
+			if got != tt.backfills {
+				t.Errorf("Backfill called %d times, want %d", got, tt.backfills)
+			}
+			if !errors.Is(r.err, tt.wantErr) {
+				t.Fatalf("Subscribe = %v, want %v", r.err, tt.wantErr)
+			}
+			if r.err != nil {
+				return
+			}
+			defer r.s.Close()
+			publish(live)
+
+			var want []uint64
+			for i := 1; i <= n; i++ {
+				if uint64(i) > tt.since && tt.filter.Match(testEvent(i)) {
+					want = append(want, uint64(i))
+				}
+			}
+			if tt.since == 0 || tt.since >= before {
+				// Nothing to replay (since beyond the last event
+				// included): what was published after Subscribe returned.
+				want = nil
+				for i := before + 1; i <= n; i++ {
+					if tt.filter.Match(testEvent(i)) {
+						want = append(want, uint64(i))
+					}
+				}
+			}
+			// Every event was published before this point, and Publish
+			// delivers into the buffer: all of them are there already.
+			var seqs []uint64
+		drain:
+			for {
+				select {
+				case ev := <-r.s.C():
+					seqs = append(seqs, ev.Seq)
+					if w := testEvent(int(ev.Seq)); ev.SandboxID != w.SandboxID || ev.Action != w.Action {
+						t.Errorf("event %d = %s %s, want %s %s", ev.Seq, ev.SandboxID, ev.Action, w.SandboxID, w.Action)
+					}
+				default:
+					break drain
+				}
+			}
+			if !slices.Equal(seqs, want) {
+				t.Fatalf("delivered %v\nwant      %v", seqs, want)
+			}
+		})
+	}
+}
+
+// A Backfill that publishes (it runs without the exchange's lock) so much
+// that the ring always outruns it makes Subscribe give up after
+// maxBackfillRounds calls; one that publishes a little is caught up from
+// the ring.
+func TestBackfillThatPublishes(t *testing.T) {
+	tests := []struct {
+		name      string
+		perCall   int
+		backfills int
+		wantErr   error
+	}{
+		{"a few events per call", 3, 1, nil},
+		{"more than the ring per call", 10, maxBackfillRounds, ErrHistoryGone},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := &history{}
+			var x *Exchange
+			backfills := 0
+			x = NewExchange(Options{History: 8, Buffer: 256, Persist: h.persist,
+				Backfill: func(since uint64) ([]Event, bool, error) {
+					backfills++
+					evs, ok := h.since(since)
+					for range tt.perCall {
+						x.Publish(Event{SandboxID: "p", Action: "created"})
+					}
+					return evs, ok, nil
+				}})
+			defer x.Close()
+			for range 12 {
+				x.Publish(Event{SandboxID: "p", Action: "created"})
+			}
+			s, err := x.Subscribe(t.Context(), Filter{}, 2)
+			if backfills != tt.backfills {
+				t.Errorf("Backfill called %d times, want %d", backfills, tt.backfills)
+			}
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Subscribe = %v, want %v", err, tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			for want := uint64(3); want <= x.LastSeq(); want++ {
+				if ev := recv(t, s); ev.Seq != want {
+					t.Fatalf("got seq %d, want %d", ev.Seq, want)
+				}
+			}
+		})
+	}
+}
+
+// A Backfill error fails Subscribe and registers nothing.
+func TestBackfillError(t *testing.T) {
+	boom := errors.New("store unreadable")
+	x := NewExchange(Options{History: 2, Backfill: func(uint64) ([]Event, bool, error) { return nil, false, boom }})
+	defer x.Close()
+	for range 5 {
+		x.Publish(Event{SandboxID: "s"})
+	}
+	if _, err := x.Subscribe(t.Context(), Filter{}, 1); !errors.Is(err, boom) {
+		t.Fatalf("Subscribe = %v, want %v", err, boom)
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if len(x.subs) != 0 {
+		t.Fatalf("%d subscriptions registered after a failed Subscribe", len(x.subs))
 	}
 }

@@ -273,7 +273,6 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 		return fail(checkpointError("commit", err))
 	}
 	m.crash(CrashCheckpointCommitted)
-	m.recordSnapshot(meta)
 
 	inst.mu.Lock()
 	inst.rec.LastPause = pause
@@ -551,6 +550,9 @@ func (m *Manager) linkOrCopy(ctx context.Context, src, dst string) error {
 // ListSnapshots lists snapshots, all or of one sandbox (which need not
 // exist any more).
 func (m *Manager) ListSnapshots(ctx context.Context, sandboxID string) ([]snapshot.Meta, error) {
+	if !m.snapshots {
+		return nil, fmt.Errorf("list snapshots: %w", errNoSnapshots())
+	}
 	cat := m.cfg.Snapshots
 	if sandboxID != "" && !ValidID(sandboxID) {
 		if _, err := m.lookup(sandboxID); err != nil {
@@ -574,6 +576,5 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, id string) error {
 	if err := cat.Delete(ctx, id); err != nil {
 		return fmt.Errorf("delete snapshot: %w", err)
 	}
-	m.unrecordSnapshot(id)
 	return nil
 }

@@ -786,9 +786,9 @@ func TestRestoreNetworkFake(t *testing.T) {
 		t.Errorf("sandbox dirs %v, want 2", dirs)
 	}
 	// A manager without networking refuses a snapshot with a NIC.
-	e.m.cfg.Network = nil
+	e.m.cfg.Network, e.m.networked = noNetwork{}, false
 	_, err = e.m.Restore(ctx, RestoreRequest{SnapshotID: meta.ID})
-	e.m.cfg.Network = nw
+	e.m.cfg.Network, e.m.networked = nw, true
 	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "networking is not configured") {
 		t.Errorf("restore without networking: %v", err)
 	}

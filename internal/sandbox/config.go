@@ -229,6 +229,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Snapshots == nil {
 		cfg.Snapshots = noSnapshots{}
 	}
+	if cfg.Store == nil {
+		cfg.Store = noStore{}
+	}
 	return cfg, nil
 }
 

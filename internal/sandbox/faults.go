@@ -13,7 +13,7 @@ const (
 	CrashCreateDisk = "create.disk"
 	// CrashCreateNetwork: the sandbox's namespace and TAP exist.
 	CrashCreateNetwork = "create.network"
-	// CrashCreateRecorded: the starting record and lease are stored; the
+	// CrashCreateRecorded: the starting record is stored; the
 	// boot, started while they were written, may or may not be done.
 	CrashCreateRecorded = "create.recorded"
 	// CrashBootStarted: a booted VMM runs; its pid is not recorded yet,
@@ -37,8 +37,8 @@ const (
 	// CrashCheckpointResumed: the VM runs again; the snapshot is not
 	// committed.
 	CrashCheckpointResumed = "checkpoint.resumed"
-	// CrashCheckpointCommitted: the snapshot is in the catalog; neither
-	// its store record nor the sandbox's record names it yet.
+	// CrashCheckpointCommitted: the snapshot is in the catalog; the
+	// sandbox's record does not name it yet.
 	CrashCheckpointCommitted = "checkpoint.committed"
 	// CrashRestoreFiles: the restored sandbox's directory holds its disk
 	// copy and snapshot files; nothing is recorded.

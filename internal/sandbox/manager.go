@@ -34,6 +34,9 @@ type Manager struct {
 	cloneDisk func(ctx context.Context, src, dst string) error
 	// networked is set when Config.Network was given: sandboxes get a NIC.
 	networked bool
+	// snapshots is set when Config.Snapshots was given; without a catalog
+	// listing snapshots is a FailedPrecondition, like taking one.
+	snapshots bool
 	// jailer is Config.Launcher when it jails VMMs, else nil.
 	jailer Jailer
 
@@ -124,7 +127,7 @@ func New(cfg Config) (*Manager, error) {
 
 // newManager is New with the runtime given (tests pass a fake).
 func newManager(cfg Config, rt runtime) (*Manager, error) {
-	networked := cfg.Network != nil
+	networked, snapshots := cfg.Network != nil, cfg.Snapshots != nil
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -133,6 +136,7 @@ func newManager(cfg Config, rt runtime) (*Manager, error) {
 	jailer, _ := cfg.Launcher.(Jailer)
 	return &Manager{
 		networked:    networked,
+		snapshots:    snapshots,
 		jailer:       jailer,
 		cfg:          cfg,
 		rt:           rt,

@@ -6,6 +6,7 @@ import (
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/snapshot"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/store"
 )
 
 // noNetwork is the Networker of a daemon without networking: sandboxes get
@@ -56,3 +57,22 @@ func (noSnapshots) List(string) []snapshot.Meta { return nil }
 
 // Delete implements SnapshotCatalog.
 func (noSnapshots) Delete(context.Context, string) error { return errNoSnapshots() }
+
+// noStore is the Store of a manager that keeps nothing across restarts
+// (unit tests, and a daemon that stops its sandboxes at shutdown could use
+// it): every write succeeds and nothing is ever listed.
+type noStore struct{}
+
+var _ Store = noStore{}
+
+// PutSandbox implements Store.
+func (noStore) PutSandbox(context.Context, store.SandboxRecord) error { return nil }
+
+// DeleteSandbox implements Store.
+func (noStore) DeleteSandbox(context.Context, string) error { return nil }
+
+// ListSandboxes implements Store: nothing was kept.
+func (noStore) ListSandboxes(context.Context) ([]store.SandboxRecord, error) { return nil, nil }
+
+// CreateSandbox implements Store.
+func (noStore) CreateSandbox(context.Context, store.SandboxRecord) error { return nil }

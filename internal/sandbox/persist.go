@@ -2,14 +2,10 @@ package sandbox
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"maps"
 	"slices"
 	"time"
 
-	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
-	"github.com/firecracker-vmm/firecracker-vmm/internal/snapshot"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/store"
 )
 
@@ -19,19 +15,12 @@ import (
 type Store interface {
 	// PutSandbox creates or replaces a sandbox record.
 	PutSandbox(ctx context.Context, rec store.SandboxRecord) error
-	// DeleteSandbox deletes a sandbox record and its leases.
+	// DeleteSandbox deletes a sandbox record.
 	DeleteSandbox(ctx context.Context, id string) error
 	// ListSandboxes returns every sandbox record.
 	ListSandboxes(ctx context.Context) ([]store.SandboxRecord, error)
-	// CreateSandbox writes a new sandbox's record and its address leases
-	// in one transaction.
-	CreateSandbox(ctx context.Context, rec store.SandboxRecord, leases ...store.Lease) error
-	// PutSnapshot records a committed snapshot.
-	PutSnapshot(ctx context.Context, rec store.SnapshotRecord) error
-	// DeleteSnapshot deletes a snapshot's record.
-	DeleteSnapshot(ctx context.Context, id string) error
-	// ListSnapshots returns every snapshot record.
-	ListSnapshots(ctx context.Context) ([]store.SnapshotRecord, error)
+	// CreateSandbox writes a new sandbox's record.
+	CreateSandbox(ctx context.Context, rec store.SandboxRecord) error
 }
 
 // storeTimeout bounds one store write made on behalf of a state change.
@@ -56,10 +45,10 @@ func recordOf(inst *instance) store.SandboxRecord {
 			PrefixLen: s.Network.PrefixLen,
 		},
 		Process: store.ProcessRecord{
-			PID: s.Process.PID, PIDStartTime: startTimeIf(s.Process.PID, inst.pidStart), InstanceID: s.ID,
+			PID: s.Process.PID, PIDStartTime: startTimeIf(s.Process.PID, inst.pidStart),
 			APISocket: s.Process.APISocket, LogPath: s.Process.LogPath, MetricsPath: s.Process.MetricsPath,
 			ConsolePath: s.Process.ConsolePath, VsockPath: s.Process.VsockPath,
-			Jailed: s.Process.Jailed, JailID: s.ID, Chroot: s.Process.Chroot,
+			Jailed: s.Process.Jailed, Chroot: s.Process.Chroot,
 			UID: s.Process.UID, GID: s.Process.GID, Cgroup: s.Process.Cgroup,
 		},
 		Dir:            s.Dir,
@@ -121,79 +110,4 @@ func startTimeIf(pid int, t uint64) uint64 {
 		return 0
 	}
 	return t
-}
-
-// snapshotRecordOf converts a catalog entry into its store record.
-func snapshotRecordOf(m snapshot.Meta) store.SnapshotRecord {
-	return store.SnapshotRecord{
-		ID: m.ID, SandboxID: m.SandboxID, Name: m.Name, Type: m.Type, ParentID: m.ParentID,
-		CreatedAt: m.CreatedAt, Dir: m.Dir, SizeBytes: m.SizeBytes(),
-		FirecrackerVersion: m.FirecrackerVersion, SnapshotVersion: m.SnapshotVersion,
-	}
-}
-
-// recordSnapshot writes the record of a snapshot the catalog committed. A
-// failure is logged, not returned: the snapshot is durable in the catalog
-// already, and Recover adds a missing record at the next start.
-func (m *Manager) recordSnapshot(meta snapshot.Meta) {
-	if m.cfg.Store == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-	defer cancel()
-	if err := m.cfg.Store.PutSnapshot(ctx, snapshotRecordOf(meta)); err != nil {
-		m.log.Error("recording a snapshot in the store", "snapshot", meta.ID, "error", err)
-	}
-}
-
-// unrecordSnapshot deletes the record of a snapshot the catalog removed
-// (a failure is logged; Recover drops records without files).
-func (m *Manager) unrecordSnapshot(id string) {
-	if m.cfg.Store == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-	defer cancel()
-	if err := m.cfg.Store.DeleteSnapshot(ctx, id); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-		m.log.Error("deleting a snapshot's record from the store", "snapshot", id, "error", err)
-	}
-}
-
-// reconcileSnapshots makes the store's snapshot records match the catalog,
-// which holds the files: a snapshot committed by a daemon that died before
-// recording it gets its record, and a record whose snapshot is gone is
-// deleted. Each fix is logged.
-func (m *Manager) reconcileSnapshots(ctx context.Context) error {
-	if m.cfg.Store == nil || m.cfg.Snapshots == nil {
-		return nil
-	}
-	recs, err := m.cfg.Store.ListSnapshots(ctx)
-	if err != nil {
-		return fmt.Errorf("recover snapshots: %w", err)
-	}
-	recorded := map[string]bool{}
-	for _, r := range recs {
-		recorded[r.ID] = true
-	}
-	inCatalog := map[string]bool{}
-	for _, meta := range m.cfg.Snapshots.List("") {
-		inCatalog[meta.ID] = true
-		if recorded[meta.ID] {
-			continue
-		}
-		if err := m.cfg.Store.PutSnapshot(ctx, snapshotRecordOf(meta)); err != nil {
-			return fmt.Errorf("recover snapshots: %w", err)
-		}
-		m.log.Warn("recorded a committed snapshot the store did not list", "snapshot", meta.ID, "sandbox", meta.SandboxID)
-	}
-	for _, r := range recs {
-		if inCatalog[r.ID] {
-			continue
-		}
-		if err := m.cfg.Store.DeleteSnapshot(ctx, r.ID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-			return fmt.Errorf("recover snapshots: %w", err)
-		}
-		m.log.Warn("deleted the record of a snapshot whose files are gone", "snapshot", r.ID, "dir", r.Dir)
-	}
-	return nil
 }

@@ -37,6 +37,21 @@ func storedState(t *testing.T, st *store.Store, id string) (store.SandboxRecord,
 	return rec, rec.State
 }
 
+// waitStored waits (up to 5 s) until the store has id in state want.
+func waitStored(t *testing.T, st *store.Store, id string, want State) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, state := storedState(t, st, id); state == string(want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox %s not stored as %s after 5s", id, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // Every state change is in the store when the call that made it returns.
 func TestPersistLifecycleFake(t *testing.T) {
 	dir := t.TempDir()
@@ -52,8 +67,11 @@ func TestPersistLifecycleFake(t *testing.T) {
 		t.Fatalf("stored after create: %+v", rec)
 	}
 	e.waitState(t, s.ID, StateReady, 5*time.Second)
+	// A background change (the boot's ready) is written after it is
+	// visible, outside the sandbox's lock.
+	waitStored(t, st, s.ID, StateReady)
 	if rec, state := storedState(t, st, s.ID); state != string(StateReady) || rec.Process.PID == 0 ||
-		rec.Process.InstanceID != s.ID || rec.Process.APISocket != s.Process.APISocket {
+		rec.Process.APISocket != s.Process.APISocket {
 		t.Fatalf("stored when ready: %+v", rec)
 	}
 	if _, err := e.m.Stop(ctx, s.ID, 0); err != nil {
@@ -146,21 +164,22 @@ func TestRecoverFake(t *testing.T) {
 	}
 }
 
-// Checkpoint and DeleteSnapshot keep the store's snapshot records in step
-// with the catalog, and Recover repairs a store that missed either.
-func TestSnapshotRecordsFollowCatalogFake(t *testing.T) {
+// With a store, snapshots are the catalog's alone: Checkpoint and
+// DeleteSnapshot change what it lists, and the sandbox's record only names
+// its last snapshot.
+func TestSnapshotsLiveInTheCatalogFake(t *testing.T) {
 	st := openStore(t, t.TempDir())
 	e := newSnapEnv(t, &fakeRuntime{}, func(c *Config) { c.Store = st })
 	ctx := t.Context()
 	s := e.ready(t, CreateRequest{})
 	ids := func() []string {
-		recs, err := st.ListSnapshots(ctx)
+		metas, err := e.m.ListSnapshots(ctx, "")
 		if err != nil {
 			t.Fatal(err)
 		}
 		var out []string
-		for _, r := range recs {
-			out = append(out, r.ID)
+		for _, m := range metas {
+			out = append(out, m.ID)
 		}
 		slices.Sort(out)
 		return out
@@ -176,34 +195,18 @@ func TestSnapshotRecordsFollowCatalogFake(t *testing.T) {
 	want := []string{a.ID, b.ID}
 	slices.Sort(want)
 	if got := ids(); !slices.Equal(got, want) {
-		t.Fatalf("records after two checkpoints: %v, want %v", got, want)
+		t.Fatalf("snapshots after two checkpoints: %v, want %v", got, want)
 	}
-	recs, _ := st.ListSnapshots(ctx)
-	if r := recs[slices.IndexFunc(recs, func(r store.SnapshotRecord) bool { return r.ID == a.ID })]; r.Dir != a.Dir || r.Dir == "" ||
-		r.SandboxID != s.ID || r.Name != "a" || r.SizeBytes != a.SizeBytes() {
-		t.Fatalf("record of a = %+v, meta %+v", r, a)
+	if rec, _ := storedState(t, st, s.ID); rec.LastSnapshotID != b.ID {
+		t.Fatalf("stored last snapshot %q, want %q", rec.LastSnapshotID, b.ID)
 	}
 	if err := e.m.DeleteSnapshot(ctx, b.ID); err != nil {
 		t.Fatal(err)
 	}
 	if got := ids(); !slices.Equal(got, []string{a.ID}) {
-		t.Fatalf("records after deleting b: %v", got)
+		t.Fatalf("snapshots after deleting b: %v, want [%s]", got, a.ID)
 	}
-
-	// A daemon that died between commit and record, and a record whose
-	// files vanished: Recover fixes both.
-	if err := st.DeleteSnapshot(ctx, a.ID); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.PutSnapshot(ctx, store.SnapshotRecord{ID: "1m8hgone0000", Dir: "/nowhere"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.m.reconcileSnapshots(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if got := ids(); !slices.Equal(got, []string{a.ID}) {
-		t.Fatalf("records after reconciling: %v, want [%s]", got, a.ID)
-	}
+	e.assertNoPartialSnapshot(t, 1)
 }
 
 // A sandbox whose record cannot be written is not created: Create fails,

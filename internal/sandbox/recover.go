@@ -36,13 +36,9 @@ const reasonDiedWhileDown = "the VMM died while the daemon was down"
 // with the time left, and sandboxes whose TTL ran out meanwhile are
 // removed. Leases are taken back, and what no record owns is removed, each
 // logged: VMM processes running in a sandbox directory or jail (a boot the
-// daemon died in), sandbox directories, namespaces and jails. Finally the
-// store's snapshot records are made to match the catalog. Without a store
-// Recover does nothing.
+// daemon died in), sandbox directories, namespaces and jails. Without a
+// store Recover does nothing.
 func (m *Manager) Recover(ctx context.Context) error {
-	if m.cfg.Store == nil {
-		return nil
-	}
 	recs, err := m.cfg.Store.ListSandboxes(ctx)
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
@@ -106,7 +102,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		m.expire(id)
 	}
 	m.removeStrays(ctx, known)
-	return m.reconcileSnapshots(ctx)
+	return nil
 }
 
 // killStrayVMMs kills every VMM process whose pid is not in keep (the

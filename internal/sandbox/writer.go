@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"sync"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
@@ -78,20 +77,12 @@ func (m *Manager) flushLogged(ctx context.Context, inst *instance) {
 	}
 }
 
-// createRecord writes a new sandbox's record (and its address lease) in
-// one transaction.
+// createRecord writes a new sandbox's record; it fails when the id has one
+// already.
 func (m *Manager) createRecord(ctx context.Context, rec store.SandboxRecord) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
 	defer cancel()
-	var leases []store.Lease
-	if ip := rec.Network.IP; ip != "" {
-		addr, err := netip.ParseAddr(ip)
-		if err != nil {
-			return fmt.Errorf("sandbox %s: address %q: %w", rec.ID, ip, err)
-		}
-		leases = append(leases, store.Lease{IP: addr, SandboxID: rec.ID})
-	}
-	if err := m.cfg.Store.CreateSandbox(ctx, rec, leases...); err != nil {
+	if err := m.cfg.Store.CreateSandbox(ctx, rec); err != nil {
 		return fmt.Errorf("sandbox %s: recording it: %w", rec.ID, err)
 	}
 	return nil

@@ -1,9 +1,6 @@
 package store
 
-import (
-	"net/netip"
-	"time"
-)
+import "time"
 
 // SandboxRecord is the persisted form of a sandbox. It is a plain value: the
 // store copies it in and out as JSON, so callers may keep and modify it.
@@ -64,47 +61,41 @@ type NetworkRecord struct {
 
 // ProcessRecord identifies a sandbox's VMM process well enough to re-adopt
 // it after a daemon restart: a live pid is only the same VMM if its start
-// time (PIDStartTime) and the API socket's instance id still match.
+// time (PIDStartTime) still matches and its API socket reports the
+// sandbox's id as its instance id.
+//
+// Records written before schema version 3 may also carry instance_id,
+// jail_id (both always the sandbox's id), jail_dir and cgroups (never
+// written); the version 3 migration deletes those keys, and decoding
+// ignores them anyway.
 type ProcessRecord struct {
 	// PID is 0 when no VMM runs.
 	PID int `json:"pid,omitempty"`
 	// PIDStartTime is field 22 of /proc/PID/stat (clock ticks since boot),
 	// as returned by ProcessStartTime.
 	PIDStartTime uint64 `json:"pid_start_time,omitempty"`
-	// InstanceID is the id Firecracker reports on its API socket (GET /).
-	InstanceID  string `json:"instance_id,omitempty"`
-	APISocket   string `json:"api_socket,omitempty"`
-	LogPath     string `json:"log_path,omitempty"`
-	MetricsPath string `json:"metrics_path,omitempty"`
-	ConsolePath string `json:"console_path,omitempty"`
+	APISocket    string `json:"api_socket,omitempty"`
+	LogPath      string `json:"log_path,omitempty"`
+	MetricsPath  string `json:"metrics_path,omitempty"`
+	ConsolePath  string `json:"console_path,omitempty"`
 	// VsockPath is the host path of the vsock device's unix socket.
 	VsockPath string `json:"vsock_path,omitempty"`
 
-	// Jailed is true when the VMM runs under the jailer; the Jail fields
-	// below are then what recovery must find or clean up.
+	// Jailed is true when the VMM runs under the jailer (whose --id is
+	// the sandbox's id); the fields below are then what recovery must
+	// find or clean up.
 	Jailed bool `json:"jailed,omitempty"`
-	// JailID is the jailer's --id.
-	JailID string `json:"jail_id,omitempty"`
-	// JailDir is <chroot_base>/<exec name>/<id>.
-	JailDir string `json:"jail_dir,omitempty"`
-	// Chroot is JailDir/root.
+	// Chroot is the jail's root, <chroot_base>/<exec name>/<id>/root.
 	Chroot string `json:"chroot,omitempty"`
 	UID    int    `json:"uid,omitempty"`
 	GID    int    `json:"gid,omitempty"`
-	// Cgroup is the cgroup path shown to users; Cgroups are every cgroup
-	// directory the jailer created for this VMM.
-	Cgroup  string   `json:"cgroup,omitempty"`
-	Cgroups []string `json:"cgroups,omitempty"`
+	// Cgroup is the cgroup path shown to users.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
-// Lease records that an address belongs to a sandbox.
-type Lease struct {
-	IP        netip.Addr `json:"ip"`
-	SandboxID string     `json:"sandbox_id"`
-}
-
-// EventRecord is one persisted event. Seq is assigned by AppendEvent and is
-// contiguous: 1, 2, 3, ...
+// EventRecord is one persisted event. Seq is assigned (or checked) by
+// AppendEvent and increases, with gaps where events were never written or
+// the sequence was advanced.
 type EventRecord struct {
 	Seq        uint64            `json:"seq"`
 	SandboxID  string            `json:"sandbox_id"`
@@ -112,24 +103,4 @@ type EventRecord struct {
 	State      string            `json:"state,omitempty"`
 	Time       time.Time         `json:"time"`
 	Attributes map[string]string `json:"attributes,omitempty"`
-}
-
-// SnapshotRecord indexes one committed snapshot. The snapshot's files and
-// its meta.json live in the catalog (data_dir/snapshots); the record is
-// written once the catalog has committed the snapshot and deleted when
-// the catalog has removed it, and the daemon reconciles both at start.
-type SnapshotRecord struct {
-	ID        string    `json:"id"`
-	SandboxID string    `json:"sandbox_id"`
-	Name      string    `json:"name"`
-	Type      string    `json:"type"`
-	ParentID  string    `json:"parent_id,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	// Dir is the snapshot's directory in the catalog.
-	Dir       string `json:"dir"`
-	SizeBytes int64  `json:"size_bytes"`
-	// FirecrackerVersion and SnapshotVersion are those of the binary that
-	// wrote it.
-	FirecrackerVersion string `json:"firecracker_version,omitempty"`
-	SnapshotVersion    string `json:"snapshot_version,omitempty"`
 }

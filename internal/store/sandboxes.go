@@ -15,11 +15,11 @@ func (s *Store) PutSandbox(ctx context.Context, rec SandboxRecord) error {
 	return putJSON(ctx, s, bktSandboxes, "sandbox", rec.ID, rec)
 }
 
-// CreateSandbox stores a new sandbox's record together with its address
-// leases, in one transaction (one fsync): both are durable when it returns,
-// or neither is written. An address leased to another sandbox is an error
-// of class errdefs.ErrAlreadyExists.
-func (s *Store) CreateSandbox(ctx context.Context, rec SandboxRecord, leases ...Lease) error {
+// CreateSandbox stores the record of a new sandbox. It is PutSandbox for
+// an id that has no record yet: a record with the same id is left as it is
+// and the call fails with an error of class errdefs.ErrAlreadyExists. It
+// is durable when it returns.
+func (s *Store) CreateSandbox(ctx context.Context, rec SandboxRecord) error {
 	if err := validKey("sandbox id", rec.ID); err != nil {
 		return err
 	}
@@ -27,25 +27,12 @@ func (s *Store) CreateSandbox(ctx context.Context, rec SandboxRecord, leases ...
 	if err != nil {
 		return fmt.Errorf("encode sandbox %q: %w", rec.ID, err)
 	}
-	type encoded struct{ k, v []byte }
-	enc := make([]encoded, 0, len(leases))
-	for _, l := range leases {
-		if l.SandboxID != rec.ID {
-			return fmt.Errorf("create sandbox %q: lease %s names sandbox %q: %w", rec.ID, l.IP, l.SandboxID, errdefs.ErrInvalidArgument)
-		}
-		k, v, err := encodeLease(l)
-		if err != nil {
-			return fmt.Errorf("create sandbox %q: %w", rec.ID, err)
-		}
-		enc = append(enc, encoded{k, v})
-	}
 	err = s.update(ctx, func(root *bolt.Bucket) error {
-		for i, e := range enc {
-			if err := putLease(root, leases[i], e.k, e.v); err != nil {
-				return err
-			}
+		b := root.Bucket(bktSandboxes)
+		if b.Get([]byte(rec.ID)) != nil {
+			return errdefs.ErrAlreadyExists
 		}
-		return root.Bucket(bktSandboxes).Put([]byte(rec.ID), data)
+		return b.Put([]byte(rec.ID), data)
 	})
 	if err != nil {
 		return fmt.Errorf("create sandbox %q: %w", rec.ID, err)
@@ -75,44 +62,15 @@ func (s *Store) ListSandboxes(ctx context.Context) ([]SandboxRecord, error) {
 	return listAll[SandboxRecord](ctx, s, bktSandboxes, "sandbox")
 }
 
-// DeleteSandbox deletes a sandbox record and, in the same transaction,
-// every lease held by that sandbox. It returns an error of class
-// errdefs.ErrNotFound when there was neither a record nor a lease.
+// DeleteSandbox deletes a sandbox record; a missing one is an error of
+// class errdefs.ErrNotFound. It is durable when it returns.
 func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
 	err := s.update(ctx, func(root *bolt.Bucket) error {
-		found := false
-		sb := root.Bucket(bktSandboxes)
-		if sb.Get([]byte(id)) != nil {
-			found = true
-			if err := sb.Delete([]byte(id)); err != nil {
-				return err
-			}
-		}
-		lb := root.Bucket(bktLeases)
-		var doomed [][]byte
-		err := lb.ForEach(func(k, v []byte) error {
-			var l Lease
-			if err := decode(v, &l); err != nil {
-				return fmt.Errorf("lease %x: %w", k, err)
-			}
-			if l.SandboxID == id {
-				doomed = append(doomed, append([]byte(nil), k...))
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, k := range doomed {
-			found = true
-			if err := lb.Delete(k); err != nil {
-				return err
-			}
-		}
-		if !found {
+		b := root.Bucket(bktSandboxes)
+		if b.Get([]byte(id)) == nil {
 			return errdefs.ErrNotFound
 		}
-		return nil
+		return b.Delete([]byte(id))
 	})
 	if err != nil {
 		return fmt.Errorf("delete sandbox %q: %w", id, err)

@@ -33,7 +33,7 @@ const (
 // The schema. See the package comment for the drawing.
 const (
 	schemaBucket  = "v1"
-	schemaVersion = 2
+	schemaVersion = 3
 )
 
 var (
@@ -45,31 +45,11 @@ var (
 	// optional: how many events the history holds
 	keyEventCount = []byte("event_count")
 	bktSandboxes  = []byte("sandboxes")
-	bktLeases     = []byte("leases")
 	bktEvents     = []byte("events")
-	bktSnapshots  = []byte("snapshots") // since version 2
 )
 
 // buckets lists the buckets inside v1 of the current schema.
-func buckets() [][]byte { return [][]byte{bktSandboxes, bktLeases, bktEvents, bktSnapshots} }
-
-// migration upgrades a schema-v1 database from version-1 to version inside
-// the open transaction.
-type migration struct {
-	version int
-	migrate func(tx *bolt.Tx) error
-}
-
-// migrations lists the upgrades, oldest first.
-func migrations() []migration {
-	return []migration{
-		// 2: snapshot records.
-		{version: 2, migrate: func(tx *bolt.Tx) error {
-			_, err := tx.Bucket([]byte(schemaBucket)).CreateBucketIfNotExists(bktSnapshots)
-			return err
-		}},
-	}
-}
+func buckets() [][]byte { return [][]byte{bktSandboxes, bktEvents} }
 
 // ErrLocked is returned (wrapped) when another process holds the data
 // directory's lock or the database file.

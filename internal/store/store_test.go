@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -48,11 +47,11 @@ func fullRecord(id string) SandboxRecord {
 			Rootfs: "/r/rootfs.ext4", Disk: "/d/" + id + "/disk.ext4", BootArgs: "console=ttyS0", TrackDirtyPages: true},
 		Network: NetworkRecord{TAP: "tap0", MAC: "06:00:0a:00:00:02", IP: "10.0.0.2", Gateway: "10.0.0.1",
 			DNS: []string{"1.1.1.1", "8.8.8.8"}, Netns: "vmm-" + id, GuestIP: "10.0.0.2", PrefixLen: 30},
-		Process: ProcessRecord{PID: 4242, PIDStartTime: 987654, InstanceID: "inst-" + id,
+		Process: ProcessRecord{PID: 4242, PIDStartTime: 987654,
 			APISocket: "/run/fc.sock", LogPath: "/d/fc.log", MetricsPath: "/d/fc.metrics", ConsolePath: "/d/console",
-			VsockPath: "/d/vsock", Jailed: true, JailID: id, JailDir: "/srv/jailer/firecracker/" + id,
+			VsockPath: "/d/vsock", Jailed: true,
 			Chroot: "/srv/jailer/firecracker/" + id + "/root", UID: 1234, GID: 1234,
-			Cgroup: "/sys/fs/cgroup/firecracker/" + id, Cgroups: []string{"/sys/fs/cgroup/firecracker/" + id}},
+			Cgroup: "/sys/fs/cgroup/firecracker/" + id},
 		Dir:            "/data/sandboxes/" + id,
 		CreatedAt:      at,
 		ReadyAt:        at.Add(time.Second),
@@ -151,96 +150,6 @@ func TestCanceledContext(t *testing.T) {
 	}
 	if _, err := s.ListSandboxes(ctx); !errors.Is(err, context.Canceled) {
 		t.Fatalf("ListSandboxes = %v, want canceled", err)
-	}
-}
-
-func TestLeases(t *testing.T) {
-	ctx := t.Context()
-	s := openStore(t, "", Options{})
-	a1 := netip.MustParseAddr("10.0.0.10")
-	a2 := netip.MustParseAddr("10.0.0.2")
-	a3 := netip.MustParseAddr("fd00::2")
-	a4 := netip.MustParseAddr("192.168.1.1")
-	for _, l := range []Lease{{a1, "sb-a"}, {a3, "sb-b"}, {a2, "sb-a"}, {a4, "sb-b"}} {
-		if err := s.PutLease(ctx, l); err != nil {
-			t.Fatalf("PutLease(%v): %v", l, err)
-		}
-	}
-	tests := []struct {
-		name string
-		l    Lease
-		is   error
-	}{
-		{"same again", Lease{a1, "sb-a"}, nil},
-		{"taken", Lease{a1, "sb-b"}, errdefs.ErrAlreadyExists},
-		{"invalid ip", Lease{netip.Addr{}, "sb-a"}, errdefs.ErrInvalidArgument},
-		{"zoned ip", Lease{netip.MustParseAddr("fe80::1%eth0"), "sb-a"}, errdefs.ErrInvalidArgument},
-		{"no sandbox", Lease{netip.MustParseAddr("10.0.0.3"), ""}, errdefs.ErrInvalidArgument},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			err := s.PutLease(ctx, tt.l)
-			if (tt.is == nil && err != nil) || !errors.Is(err, tt.is) {
-				t.Fatalf("PutLease = %v, want %v", err, tt.is)
-			}
-		})
-	}
-	got, err := s.ListLeases(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []Lease{{a2, "sb-a"}, {a1, "sb-a"}, {a4, "sb-b"}, {a3, "sb-b"}}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("ListLeases = %v, want %v", got, want)
-	}
-	if err := s.DeleteLease(ctx, a4); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.DeleteLease(ctx, a4); !errdefs.IsNotFound(err) {
-		t.Fatalf("second DeleteLease = %v, want not found", err)
-	}
-	// Released addresses can be leased by someone else.
-	if err := s.PutLease(ctx, Lease{a4, "sb-c"}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestDeleteSandboxRemovesLeases(t *testing.T) {
-	ctx := t.Context()
-	s := openStore(t, "", Options{})
-	if err := s.PutSandbox(ctx, SandboxRecord{ID: "sb-a"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutSandbox(ctx, SandboxRecord{ID: "sb-b"}); err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range []Lease{
-		{netip.MustParseAddr("10.0.0.2"), "sb-a"},
-		{netip.MustParseAddr("10.0.0.6"), "sb-a"},
-		{netip.MustParseAddr("10.0.0.10"), "sb-b"},
-		{netip.MustParseAddr("10.0.0.14"), "sb-orphan"},
-	} {
-		if err := s.PutLease(ctx, l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.DeleteSandbox(ctx, "sb-a"); err != nil {
-		t.Fatal(err)
-	}
-	// Leases without a record are still deleted, without an error.
-	if err := s.DeleteSandbox(ctx, "sb-orphan"); err != nil {
-		t.Fatalf("DeleteSandbox(orphan leases only) = %v", err)
-	}
-	got, err := s.ListLeases(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []Lease{{netip.MustParseAddr("10.0.0.10"), "sb-b"}}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("ListLeases = %v, want %v", got, want)
-	}
-	if _, err := s.GetSandbox(ctx, "sb-b"); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -348,12 +257,6 @@ func TestPersistence(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	leases := []Lease{{netip.MustParseAddr("10.0.0.2"), "sb-1"}, {netip.MustParseAddr("10.0.0.6"), "sb-2"}}
-	for _, l := range leases {
-		if err := s.PutLease(ctx, l); err != nil {
-			t.Fatal(err)
-		}
-	}
 	for range 15 {
 		if _, err := s.AppendEvent(ctx, EventRecord{SandboxID: "sb-1", Action: "ready"}); err != nil {
 			t.Fatal(err)
@@ -375,10 +278,6 @@ func TestPersistence(t *testing.T) {
 	gotRecs, err := s.ListSandboxes(ctx)
 	if err != nil || !reflect.DeepEqual(gotRecs, recs) {
 		t.Fatalf("ListSandboxes after reopen = %+v, %v", gotRecs, err)
-	}
-	gotLeases, err := s.ListLeases(ctx)
-	if err != nil || !reflect.DeepEqual(gotLeases, leases) {
-		t.Fatalf("ListLeases after reopen = %v, %v", gotLeases, err)
 	}
 	if seq, err := s.LastEventSeq(ctx); err != nil || seq != 15 {
 		t.Fatalf("LastEventSeq after reopen = %d, %v", seq, err)
@@ -493,8 +392,11 @@ func TestOpenSchema(t *testing.T) {
 		{"missing version", func(tx *bolt.Tx) error {
 			return tx.Bucket([]byte(schemaBucket)).Delete(keyVersion)
 		}, ErrCorrupt},
-		{"missing bucket", func(tx *bolt.Tx) error {
-			return tx.Bucket([]byte(schemaBucket)).DeleteBucket(bktLeases)
+		{"missing sandboxes bucket", func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte(schemaBucket)).DeleteBucket(bktSandboxes)
+		}, ErrCorrupt},
+		{"missing events bucket", func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte(schemaBucket)).DeleteBucket(bktEvents)
 		}, ErrCorrupt},
 	}
 	for _, tt := range tests {
@@ -602,32 +504,38 @@ func TestAppendEventsBatch(t *testing.T) {
 	}
 }
 
-// CreateSandbox writes the record and its leases together, or nothing.
-func TestCreateSandboxIsOneTransaction(t *testing.T) {
+// CreateSandbox writes a record for a new id only; an existing record is
+// left as it was.
+func TestCreateSandbox(t *testing.T) {
 	ctx := t.Context()
 	s := openStore(t, "", Options{})
-	a1 := netip.MustParseAddr("10.0.0.2")
-	if err := s.CreateSandbox(ctx, SandboxRecord{ID: "sb-a", State: "starting"}, Lease{a1, "sb-a"}); err != nil {
+	first := fullRecord("sb-a")
+	if err := s.CreateSandbox(ctx, first); err != nil {
 		t.Fatal(err)
 	}
-	// The address is taken: neither the record nor the lease is written.
-	err := s.CreateSandbox(ctx, SandboxRecord{ID: "sb-b", State: "starting"}, Lease{a1, "sb-b"})
-	if !errors.Is(err, errdefs.ErrAlreadyExists) {
-		t.Fatalf("CreateSandbox with a taken address = %v, want already exists", err)
+	tests := []struct {
+		name string
+		rec  SandboxRecord
+		is   error
+	}{
+		{"new id", SandboxRecord{ID: "sb-b", State: "starting"}, nil},
+		{"existing id", SandboxRecord{ID: "sb-a", State: "starting"}, errdefs.ErrAlreadyExists},
+		{"empty id", SandboxRecord{State: "starting"}, errdefs.ErrInvalidArgument},
+		{"huge id", SandboxRecord{ID: strings.Repeat("x", bolt.MaxKeySize+1)}, errdefs.ErrInvalidArgument},
 	}
-	if _, err := s.GetSandbox(ctx, "sb-b"); !errdefs.IsNotFound(err) {
-		t.Fatalf("record of the refused sandbox: %v, want not found", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := s.CreateSandbox(ctx, tt.rec)
+			if (tt.is == nil && err != nil) || !errors.Is(err, tt.is) {
+				t.Fatalf("CreateSandbox = %v, want %v", err, tt.is)
+			}
+		})
 	}
-	err = s.CreateSandbox(ctx, SandboxRecord{ID: "sb-c"}, Lease{netip.MustParseAddr("10.0.0.3"), "sb-d"})
-	if !errors.Is(err, errdefs.ErrInvalidArgument) {
-		t.Fatalf("CreateSandbox with another sandbox's lease = %v, want invalid argument", err)
+	if got, err := s.GetSandbox(ctx, "sb-a"); err != nil || !reflect.DeepEqual(got, first) {
+		t.Fatalf("the refused create changed the record: %+v, %v", got, err)
 	}
-	leases, err := s.ListLeases(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := []Lease{{a1, "sb-a"}}; !reflect.DeepEqual(leases, want) {
-		t.Fatalf("leases = %v, want %v", leases, want)
+	if got, err := s.GetSandbox(ctx, "sb-b"); err != nil || got.State != "starting" {
+		t.Fatalf("created record: %+v, %v", got, err)
 	}
 }
 
@@ -637,36 +545,40 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 	ctx := t.Context()
 	dir := t.TempDir()
 	s := openStore(t, dir, Options{})
-	taken := netip.MustParseAddr("10.0.0.2")
-	if err := s.PutLease(ctx, Lease{taken, "owner"}); err != nil {
-		t.Fatal(err)
-	}
 	const n = 64
+	id := func(i int) string { return fmt.Sprintf("sb-%02d", i) }
+	refused := func(i int) bool { return i%8 == 0 }
+	for i := range n {
+		if refused(i) {
+			if err := s.PutSandbox(ctx, SandboxRecord{ID: id(i), State: "ready"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() {
-			id := fmt.Sprintf("sb-%02d", i)
-			var leases []Lease
-			if i%8 == 0 {
-				leases = []Lease{{taken, id}} // refused
-			}
-			errs[i] = s.CreateSandbox(ctx, SandboxRecord{ID: id, State: "starting"}, leases...)
-		})
+		wg.Go(func() { errs[i] = s.CreateSandbox(ctx, SandboxRecord{ID: id(i), State: "starting"}) })
 	}
 	wg.Wait()
-	recs, err := s.ListSandboxes(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(recs) != n-n/8 {
-		t.Fatalf("%d records, want %d", len(recs), n-n/8)
-	}
 	for i, err := range errs {
-		if refused := i%8 == 0; refused != errors.Is(err, errdefs.ErrAlreadyExists) || (!refused && err != nil) {
-			t.Errorf("write %d: %v (refused %v)", i, err, refused)
+		if refused(i) != errors.Is(err, errdefs.ErrAlreadyExists) || (!refused(i) && err != nil) {
+			t.Errorf("write %d: %v (refused %v)", i, err, refused(i))
 		}
 	}
+	check := func(s *Store) {
+		t.Helper()
+		recs, err := s.ListSandboxes(ctx)
+		if err != nil || len(recs) != n {
+			t.Fatalf("%d records, %v; want %d", len(recs), err, n)
+		}
+		for i, r := range recs {
+			if want := map[bool]string{true: "ready", false: "starting"}[refused(i)]; r.ID != id(i) || r.State != want {
+				t.Errorf("record %d = %s %s, want %s %s", i, r.ID, r.State, id(i), want)
+			}
+		}
+	}
+	check(s)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -674,92 +586,7 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 		t.Fatalf("write after Close = %v, want ErrClosed", err)
 	}
 	// Everything acknowledged is on disk.
-	s2 := openStore(t, dir, Options{})
-	if recs, err = s2.ListSandboxes(ctx); err != nil || len(recs) != n-n/8 {
-		t.Fatalf("after reopening: %d records, %v", len(recs), err)
-	}
-}
-
-func TestSnapshotRecords(t *testing.T) {
-	ctx := t.Context()
-	s := openStore(t, "", Options{})
-	at := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
-	recs := []SnapshotRecord{
-		{ID: "snap-a", SandboxID: "sb-1", Name: "first", Type: "Full", CreatedAt: at, Dir: "/d/sb-1/snap-a", SizeBytes: 42,
-			FirecrackerVersion: "1.16.1", SnapshotVersion: "10.0.0"},
-		{ID: "snap-b", SandboxID: "sb-1", Name: "second", Type: "Diff", ParentID: "snap-a", CreatedAt: at, Dir: "/d/sb-1/snap-b"},
-	}
-	for _, r := range recs {
-		if err := s.PutSnapshot(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got, err := s.ListSnapshots(ctx)
-	if err != nil || !reflect.DeepEqual(got, recs) {
-		t.Fatalf("ListSnapshots = %+v, %v; want %+v", got, err, recs)
-	}
-	if err := s.DeleteSnapshot(ctx, "snap-a"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.DeleteSnapshot(ctx, "snap-a"); !errdefs.IsNotFound(err) {
-		t.Fatalf("second DeleteSnapshot = %v, want not found", err)
-	}
-	if err := s.PutSnapshot(ctx, SnapshotRecord{}); !errors.Is(err, errdefs.ErrInvalidArgument) {
-		t.Fatalf("PutSnapshot without id = %v, want invalid argument", err)
-	}
-	if got, _ = s.ListSnapshots(ctx); len(got) != 1 || got[0].ID != "snap-b" {
-		t.Fatalf("after delete: %+v", got)
-	}
-}
-
-// A version-1 database (no snapshots bucket) is migrated in place to the
-// current version, keeping its records.
-func TestMigrateFromVersion1(t *testing.T) {
-	ctx := t.Context()
-	dir := t.TempDir()
-	s, err := Open(Path(dir), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutSandbox(ctx, SandboxRecord{ID: "sb-old", State: "ready"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	db, err := bolt.Open(Path(dir), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		root := tx.Bucket([]byte(schemaBucket))
-		if err := root.DeleteBucket(bktSnapshots); err != nil {
-			return err
-		}
-		return root.Put(keyVersion, u64(1))
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	s = openStore(t, dir, Options{})
-	if rec, err := s.GetSandbox(ctx, "sb-old"); err != nil || rec.State != "ready" {
-		t.Fatalf("record after migration: %+v, %v", rec, err)
-	}
-	if err := s.PutSnapshot(ctx, SnapshotRecord{ID: "snap-new"}); err != nil {
-		t.Fatalf("PutSnapshot after migration: %v", err)
-	}
-	var version uint64
-	_ = s.db.View(func(tx *bolt.Tx) error {
-		version = decodeU64(tx.Bucket([]byte(schemaBucket)).Get(keyVersion))
-		return nil
-	})
-	if version != schemaVersion {
-		t.Fatalf("version %d after migration, want %d", version, schemaVersion)
-	}
+	check(openStore(t, dir, Options{}))
 }
 
 // Sequence numbers may skip (an event published but never written) and be
