@@ -289,14 +289,6 @@ func HostVethName(id string) string {
 	return fmt.Sprintf("%s%013x", HostVethPrefix, h&(1<<52-1))
 }
 
-// Config returns the manager's configuration (defaults filled in).
-func (m *Manager) Config() Config {
-	c := m.cfg
-	c.DNS = append([]netip.Addr(nil), c.DNS...)
-	c.DenyTCPPorts = append([]uint16(nil), c.DenyTCPPorts...)
-	return c
-}
-
 // Close releases the host namespace handle. Attachments and host setup stay.
 func (m *Manager) Close() error {
 	m.mu.Lock()
@@ -386,40 +378,6 @@ func (m *Manager) ensureBridge(h *netlink.Handle) (netlink.Link, error) {
 	return l, nil
 }
 
-// Teardown removes what Setup made: the host table and the bridge. Sandbox
-// attachments are not touched (Detach them first). Missing pieces are not
-// an error. The daemon does not call it on stop; tests and operators do.
-func (m *Manager) Teardown(ctx context.Context) error {
-	h, err := m.hostHandle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	var errs []error
-	if err := deleteHostTable(m.hostNS); err != nil {
-		errs = append(errs, err)
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("network: teardown: %w", errors.Join(append(errs, err)...))
-	}
-	l, err := h.LinkByName(m.cfg.Bridge)
-	switch {
-	case isLinkNotFound(err):
-	case err != nil:
-		errs = append(errs, fmt.Errorf("bridge %s: %w", m.cfg.Bridge, err))
-	case l.Type() != "bridge":
-		errs = append(errs, fmt.Errorf("%s is a %s, not a bridge; left alone", m.cfg.Bridge, l.Type()))
-	default:
-		if err := h.LinkDel(l); err != nil && !isLinkNotFound(err) {
-			errs = append(errs, fmt.Errorf("delete bridge %s: %w", m.cfg.Bridge, err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("network: teardown: %w", err)
-	}
-	return nil
-}
-
 // Describe returns the Attachment of sandbox id holding address ip, as
 // Attach builds it, without touching the system (for callers that recover
 // sandboxes after a restart).
@@ -493,9 +451,6 @@ func BootArg(dns []netip.Addr) string {
 	}
 	return s
 }
-
-// Leases returns the held leases, sandbox id → address.
-func (m *Manager) Leases() map[string]netip.Addr { return m.pool.Leases() }
 
 // Reserve records that sandbox id holds ip, so that it is not handed out
 // again (used when recovering sandboxes after a restart). It does not build
