@@ -3,8 +3,8 @@
 // certificates), checks that a daemon answers before returning, wraps the
 // SandboxService and SandboxSnapshotService stubs and maps every error the
 // daemon returns back to an errdefs class (errgrpc.ToNative), so callers
-// test errors with errdefs.IsNotFound and friends and print them as plain
-// sentences.
+// test errors with errors.Is against the errdefs classes (or
+// errdefs.IsNotFound) and print them as plain sentences.
 //
 // It imports the API, errdefs and gRPC only; never daemon-side packages.
 package client
@@ -311,9 +311,6 @@ func (c *Client) check(parent context.Context, timeout time.Duration, probe func
 func (c *Client) noDaemon() error {
 	return &Error{msg: fmt.Sprintf("no daemon is listening on %s (%s)", c.target, c.hint), class: errdefs.ErrUnavailable}
 }
-
-// Target returns the socket path or address of the daemon.
-func (c *Client) Target() string { return c.target }
 
 // Close releases the connection.
 func (c *Client) Close() error {

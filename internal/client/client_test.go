@@ -131,7 +131,7 @@ func TestNoDaemon(t *testing.T) {
 		if err == nil || err.Error() != want {
 			t.Errorf("New(%s) = %v, want %q", sock, err, want)
 		}
-		if !errdefs.IsUnavailable(err) {
+		if !errors.Is(err, errdefs.ErrUnavailable) {
 			t.Errorf("error class: %v", err)
 		}
 		if d := time.Since(start); d > time.Second {
@@ -147,7 +147,7 @@ func TestNoDaemon(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	_, err = New(t.Context(), Options{Addr: addr})
-	if err == nil || !strings.HasPrefix(err.Error(), "no daemon is listening on "+addr) || !errdefs.IsUnavailable(err) {
+	if err == nil || !strings.HasPrefix(err.Error(), "no daemon is listening on "+addr) || !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("New(tcp %s) = %v", addr, err)
 	}
 }
@@ -188,12 +188,12 @@ func TestErrorsMapped(t *testing.T) {
 	// The snapshot service is not registered on this server.
 	_, err = c.ListSnapshots(t.Context(), "")
 	want := "the daemon on " + sock + " does not offer sandbox.v1.SandboxSnapshotService (is it older than this vmm?)"
-	if err == nil || err.Error() != want || !errdefs.IsNotImplemented(err) {
+	if err == nil || err.Error() != want || !errors.Is(err, errdefs.ErrNotImplemented) {
 		t.Errorf("ListSnapshots = %v, want %q", err, want)
 	}
 	// Declared but unimplemented methods keep the server's message.
 	err = c.Remove(t.Context(), "x", false)
-	if !errdefs.IsNotImplemented(err) || strings.Contains(err.Error(), "rpc error") {
+	if !errors.Is(err, errdefs.ErrNotImplemented) || strings.Contains(err.Error(), "rpc error") {
 		t.Errorf("Remove = %v", err)
 	}
 }
@@ -249,7 +249,7 @@ func TestEventsStream(t *testing.T) {
 	t.Logf("daemon gone mid-stream: %v", err)
 	// And calls after that name the socket.
 	_, err = c.Inspect(t.Context(), "x")
-	if err == nil || !strings.Contains(err.Error(), sock) || !errdefs.IsUnavailable(err) {
+	if err == nil || !strings.Contains(err.Error(), sock) || !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("Inspect after daemon stop = %v", err)
 	}
 }
@@ -359,13 +359,13 @@ func TestTCPWithTLS(t *testing.T) {
 	if sb, err := c.Inspect(t.Context(), "abc"); err != nil || sb.GetId() != "abc" {
 		t.Fatalf("Inspect over mutual TLS = %v, %v", sb, err)
 	}
-	if c.Target() != addr {
-		t.Errorf("Target = %q", c.Target())
+	if c.target != addr {
+		t.Errorf("target = %q", c.target)
 	}
 
 	// The daemon's certificate does not verify against another CA.
 	_, err = New(t.Context(), Options{Addr: addr, TLS: TLSFiles{Cert: p.clientCert, Key: p.clientKey, CA: p.otherCA}})
-	if err == nil || !strings.HasPrefix(err.Error(), "TLS handshake with the daemon on "+addr+" failed") || !errdefs.IsUnavailable(err) {
+	if err == nil || !strings.HasPrefix(err.Error(), "TLS handshake with the daemon on "+addr+" failed") || !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("wrong CA: %v", err)
 	}
 
@@ -410,7 +410,7 @@ func TestTLSOptionErrors(t *testing.T) {
 			t.Errorf("%+v: %v, want %q", tc.files, err, tc.want)
 		}
 	}
-	if _, err := New(t.Context(), Options{Addr: "no-port"}); !errdefs.IsInvalidArgument(err) {
+	if _, err := New(t.Context(), Options{Addr: "no-port"}); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("bad address: %v", err)
 	}
 }

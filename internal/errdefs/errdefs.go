@@ -3,7 +3,8 @@
 // context (fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)); the gRPC
 // layer maps the class to a status code in one place (package errgrpc), and
 // the client maps it back, so callers on both sides test classes with
-// errors.Is or the IsXxx helpers.
+// errors.Is (errors.Is(err, errdefs.ErrAlreadyExists)), or IsNotFound and
+// IsInvalidArgument for the common cases.
 //
 // It imports the standard library only.
 package errdefs
@@ -41,21 +42,3 @@ func IsInvalidArgument(err error) bool { return errors.Is(err, ErrInvalidArgumen
 
 // IsNotFound reports whether err is of class ErrNotFound.
 func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
-
-// IsAlreadyExists reports whether err is of class ErrAlreadyExists.
-func IsAlreadyExists(err error) bool { return errors.Is(err, ErrAlreadyExists) }
-
-// IsFailedPrecondition reports whether err is of class ErrFailedPrecondition.
-func IsFailedPrecondition(err error) bool { return errors.Is(err, ErrFailedPrecondition) }
-
-// IsResourceExhausted reports whether err is of class ErrResourceExhausted.
-func IsResourceExhausted(err error) bool { return errors.Is(err, ErrResourceExhausted) }
-
-// IsPermissionDenied reports whether err is of class ErrPermissionDenied.
-func IsPermissionDenied(err error) bool { return errors.Is(err, ErrPermissionDenied) }
-
-// IsUnavailable reports whether err is of class ErrUnavailable.
-func IsUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
-
-// IsNotImplemented reports whether err is of class ErrNotImplemented.
-func IsNotImplemented(err error) bool { return errors.Is(err, ErrNotImplemented) }

@@ -22,21 +22,17 @@ const maxResponseBody = 4 << 20
 // safe for concurrent use; Firecracker itself serves requests one at a time.
 // Call Close when done to release idle connections.
 type Client struct {
-	socketPath   string
-	transport    *http.Transport
-	http         *http.Client
+	socketPath string
+	transport  *http.Transport
+	http       *http.Client
+	// onDeprecated, when set, is called (synchronously, from the calling
+	// goroutine) for every answer carrying "Deprecation: true". No exported
+	// Option sets it today; the tests do.
 	onDeprecated func(method, path string)
 }
 
 // Option configures a Client.
 type Option func(*Client)
-
-// WithDeprecationHandler registers f to be called (synchronously, from the
-// calling goroutine) whenever Firecracker answers with the
-// "Deprecation: true" header, i.e. the request used a deprecated feature.
-func WithDeprecationHandler(f func(method, path string)) Option {
-	return func(c *Client) { c.onDeprecated = f }
-}
 
 // NewClient returns a client for the API socket at socketPath. Nothing is
 // dialled until the first request.

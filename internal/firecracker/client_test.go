@@ -228,13 +228,20 @@ func TestClientErrors(t *testing.T) {
 	}
 }
 
+// withDeprecationHandler registers f to be called (synchronously, from the
+// calling goroutine) whenever Firecracker answers with the
+// "Deprecation: true" header, i.e. the request used a deprecated feature.
+func withDeprecationHandler(f func(method, path string)) Option {
+	return func(c *Client) { c.onDeprecated = f }
+}
+
 func TestDeprecationHeader(t *testing.T) {
 	_, sock := startFake(t, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Deprecation", "true")
 		w.WriteHeader(http.StatusNoContent)
 	})
 	var got []string
-	c := NewClient(sock, WithDeprecationHandler(func(method, path string) { got = append(got, method+" "+path) }))
+	c := NewClient(sock, withDeprecationHandler(func(method, path string) { got = append(got, method+" "+path) }))
 	defer c.Close()
 	if err := c.PutMMDSConfig(t.Context(), MMDSConfig{NetworkInterfaces: []string{"eth0"}}); err != nil {
 		t.Fatal(err)

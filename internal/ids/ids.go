@@ -91,16 +91,3 @@ func Valid(id string) bool {
 
 // idIndex returns c's value in the alphabet, or -1.
 func idIndex(c byte) int { return strings.IndexByte(idAlphabet, c) }
-
-// Time returns the creation time encoded in a valid id (millisecond
-// precision).
-func Time(id string) (time.Time, bool) {
-	if !Valid(id) {
-		return time.Time{}, false
-	}
-	var v uint64
-	for i := range len(id) {
-		v = v<<5 | uint64(idIndex(id[i]))
-	}
-	return time.UnixMilli(int64(v >> seqBits)), true
-}

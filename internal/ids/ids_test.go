@@ -97,11 +97,11 @@ func TestIDGenerator(t *testing.T) {
 				}
 			}
 			// The encoded time is the clock's (or later when borrowed).
-			first, _ := Time(ids[0])
+			first, _ := idTime(ids[0])
 			if !first.Equal(tt.clock[0].Truncate(time.Millisecond)) {
-				t.Errorf("Time(%s) = %v, want %v", ids[0], first, tt.clock[0])
+				t.Errorf("idTime(%s) = %v, want %v", ids[0], first, tt.clock[0])
 			}
-			last, _ := Time(ids[len(ids)-1])
+			last, _ := idTime(ids[len(ids)-1])
 			if last.Before(first) {
 				t.Errorf("time went back: %v then %v", first, last)
 			}
@@ -119,11 +119,24 @@ func TestIDGeneratorRealClock(t *testing.T) {
 		}
 		prev = id
 	}
-	tm, ok := Time(prev)
+	tm, ok := idTime(prev)
 	if !ok || time.Since(tm) > time.Minute || time.Until(tm) > time.Minute {
-		t.Fatalf("Time(%s) = %v, %v", prev, tm, ok)
+		t.Fatalf("idTime(%s) = %v, %v", prev, tm, ok)
 	}
-	if _, ok := Time("bad"); ok {
+	if _, ok := idTime("bad"); ok {
 		t.Fatal("Time accepted a bad id")
 	}
+}
+
+// idTime decodes the creation time encoded in a valid id (millisecond
+// precision), the inverse of what Generator.New encodes.
+func idTime(id string) (time.Time, bool) {
+	if !Valid(id) {
+		return time.Time{}, false
+	}
+	var v uint64
+	for i := range len(id) {
+		v = v<<5 | uint64(idIndex(id[i]))
+	}
+	return time.UnixMilli(int64(v >> seqBits)), true
 }

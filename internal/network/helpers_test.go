@@ -92,7 +92,7 @@ func newEnv(t *testing.T, modify func(*Config)) *testEnv {
 	}
 	e := &testEnv{t: t, host: host, prefix: testIDMark + randHex(4), m: m}
 	t.Cleanup(func() {
-		if l := m.Leases(); len(l) != 0 {
+		if l := leases(m); len(l) != 0 {
 			t.Errorf("leases left: %v", l)
 		}
 		if left := e.netnsLeft(); len(left) != 0 {
@@ -101,8 +101,8 @@ func newEnv(t *testing.T, modify func(*Config)) *testEnv {
 		if links := nsLinks(t, host); !slices.Equal(links, []string{"lo", cfg.Bridge}) && !slices.Equal(links, []string{"lo"}) {
 			t.Errorf("host namespace links before teardown: %v, want only lo and the bridge", links)
 		}
-		if err := m.Teardown(context.Background()); err != nil {
-			t.Errorf("Teardown: %v", err)
+		if err := teardown(context.Background(), m); err != nil {
+			t.Errorf("teardown: %v", err)
 		}
 		if err := m.Close(); err != nil {
 			t.Errorf("Close: %v", err)
@@ -146,6 +146,25 @@ func (e *testEnv) attach(ctx context.Context) Attachment {
 		}
 	})
 	return att
+}
+
+// leases returns the manager's held leases, sandbox id → address.
+func leases(m *Manager) map[string]netip.Addr { return m.pool.Leases() }
+
+// isClass returns a check that an error is of the errdefs class.
+func isClass(class error) func(error) bool {
+	return func(err error) bool { return errors.Is(err, class) }
+}
+
+// runInNetns is runInNS for the namespace at path (a bind mount such as
+// /run/netns/vmm-<id>, or /proc/<pid>/ns/net).
+func runInNetns(path string, fn func() error) error {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", path, err)
+	}
+	defer h.Close()
+	return runInNS(h, fn)
 }
 
 // inNS runs fn with a netlink handle in the namespace at path.
@@ -217,7 +236,7 @@ func nsTables(t *testing.T, path string) []string {
 func readSysctlIn(t *testing.T, path, key string) string {
 	t.Helper()
 	var v string
-	if err := RunInNetns(path, func() error {
+	if err := runInNetns(path, func() error {
 		b, err := os.ReadFile(key)
 		v = strings.TrimSpace(string(b))
 		return err
@@ -243,7 +262,7 @@ func startGuest(t *testing.T, att Attachment) {
 		t.Fatalf("guest MAC %q: %v", att.GuestMAC, err)
 	}
 	var f *os.File
-	if err := RunInNetns(att.NetnsPath, func() error {
+	if err := runInNetns(att.NetnsPath, func() error {
 		var err error
 		f, err = openTAP(att.TAP)
 		return err
@@ -381,7 +400,7 @@ var errNoReply = errors.New("no echo reply")
 // ping sends ICMP echo requests to dst from the namespace at path until a
 // reply from dst arrives or timeout passes.
 func ping(path string, dst netip.Addr, timeout time.Duration) error {
-	return RunInNetns(path, func() error {
+	return runInNetns(path, func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
 		if err != nil {
 			return fmt.Errorf("raw socket: %w", err)
@@ -429,7 +448,7 @@ func ping(path string, dst netip.Addr, timeout time.Duration) error {
 func tcpListener(t *testing.T, path string, port int) {
 	t.Helper()
 	var ln net.Listener
-	if err := RunInNetns(path, func() error {
+	if err := runInNetns(path, func() error {
 		var err error
 		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port))
 		return err
@@ -454,7 +473,7 @@ func tcpListener(t *testing.T, path string, port int) {
 
 // dialFrom connects to addr over TCP from the namespace at path.
 func dialFrom(path string, addr netip.AddrPort, timeout time.Duration) error {
-	return RunInNetns(path, func() error {
+	return runInNetns(path, func() error {
 		c, err := net.DialTimeout("tcp4", addr.String(), timeout)
 		if err != nil {
 			return err

@@ -62,7 +62,7 @@ func (c checkedM) Run() int {
 }
 
 // machineLinks lists the interfaces of the calling thread's namespace,
-// which outside RunInNetns is the machine's own.
+// which outside runInNetns is the machine's own.
 func machineLinks() ([]string, error) {
 	links, err := netlink.LinkList()
 	if err != nil {

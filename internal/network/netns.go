@@ -12,24 +12,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// RunInNetns runs fn on an OS thread that has joined the network namespace
-// at path (a bind mount such as /run/netns/vmm-<id>, or /proc/<pid>/ns/net).
-// The calling goroutine's thread is never touched: fn runs on a fresh,
-// locked goroutine whose thread joins the namespace and is restored
+// runInNS runs fn on an OS thread that has joined the network namespace
+// target. The calling goroutine's thread is never touched: fn runs on a
+// fresh, locked goroutine whose thread joins the namespace and is restored
 // afterwards; if the restore fails the thread is discarded rather than
 // reused. Sockets fn creates (and namespace-relative files it opens, such
 // as /proc/sys/net/...) belong to the namespace and stay there after fn
 // returns. fn must not rely on goroutines it starts being in the namespace.
-func RunInNetns(path string, fn func() error) error {
-	h, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("open network namespace %s: %w", path, err)
-	}
-	defer h.Close()
-	return runInNS(h, fn)
-}
-
-// runInNS is RunInNetns for an open namespace handle.
 func runInNS(target netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {

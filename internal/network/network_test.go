@@ -61,7 +61,7 @@ func TestNewValidation(t *testing.T) {
 				m.Close()
 				t.Fatal("New accepted the configuration")
 			}
-			if !errdefs.IsInvalidArgument(err) {
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
 				t.Fatalf("New: got %v, want InvalidArgument", err)
 			}
 		})
@@ -72,7 +72,7 @@ func TestNewValidation(t *testing.T) {
 			t.Fatalf("New: %v", err)
 		}
 		defer m.Close()
-		if got := m.Config().NetnsDir; got != DefaultNetnsDir {
+		if got := m.cfg.NetnsDir; got != DefaultNetnsDir {
 			t.Errorf("NetnsDir default = %q", got)
 		}
 	})
@@ -209,7 +209,7 @@ func TestSetupConflictingBridge(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	if err := m.Setup(context.Background()); !errdefs.IsFailedPrecondition(err) {
+	if err := m.Setup(context.Background()); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("Setup over a veth called like the bridge: got %v, want FailedPrecondition", err)
 	}
 	inNS(t, host, func(h *netlink.Handle) {
@@ -241,7 +241,7 @@ func TestAttach(t *testing.T) {
 	if !isNetnsMount(att.NetnsPath) {
 		t.Fatalf("%s is not a namespace mount", att.NetnsPath)
 	}
-	if got := e.m.Leases(); got[att.SandboxID] != att.IP || len(got) != 1 {
+	if got := leases(e.m); got[att.SandboxID] != att.IP || len(got) != 1 {
 		t.Errorf("leases = %v", got)
 	}
 	if ids, err := e.m.ListNetns(); err != nil || !slices.Contains(ids, att.SandboxID) {
@@ -336,10 +336,10 @@ func TestAttach(t *testing.T) {
 	}
 
 	// A second Attach of the same sandbox is refused and changes nothing.
-	if _, err := e.m.Attach(ctx, att.SandboxID); !errdefs.IsAlreadyExists(err) {
+	if _, err := e.m.Attach(ctx, att.SandboxID); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Errorf("second Attach: got %v, want AlreadyExists", err)
 	}
-	if got := e.m.Leases(); got[att.SandboxID] != att.IP {
+	if got := leases(e.m); got[att.SandboxID] != att.IP {
 		t.Errorf("leases after second Attach = %v", got)
 	}
 
@@ -355,8 +355,8 @@ func TestAttach(t *testing.T) {
 	if got := nsLinks(t, e.host); !slices.Equal(got, []string{"lo", "vmmbr0"}) {
 		t.Errorf("host links after Detach = %v", got)
 	}
-	if len(e.m.Leases()) != 0 {
-		t.Errorf("leases after Detach = %v", e.m.Leases())
+	if len(leases(e.m)) != 0 {
+		t.Errorf("leases after Detach = %v", leases(e.m))
 	}
 	if ids, _ := e.m.ListNetns(); slices.Contains(ids, att.SandboxID) {
 		t.Errorf("ListNetns after Detach = %v", ids)
@@ -365,7 +365,7 @@ func TestAttach(t *testing.T) {
 	if err := e.m.Detach(ctx, e.id()); err != nil {
 		t.Errorf("Detach of an unknown sandbox: %v", err)
 	}
-	if err := e.m.Detach(ctx, "../etc"); !errdefs.IsInvalidArgument(err) {
+	if err := e.m.Detach(ctx, "../etc"); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("Detach with a bad id: got %v, want InvalidArgument", err)
 	}
 }
@@ -521,8 +521,8 @@ func TestManyAttaches(t *testing.T) {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
-	if len(ips) != n || len(e.m.Leases()) != n || len(e.netnsLeft()) != n {
-		t.Fatalf("%d addresses, %d leases, %d namespaces; want %d", len(ips), len(e.m.Leases()), len(e.netnsLeft()), n)
+	if len(ips) != n || len(leases(e.m)) != n || len(e.netnsLeft()) != n {
+		t.Fatalf("%d addresses, %d leases, %d namespaces; want %d", len(ips), len(leases(e.m)), len(e.netnsLeft()), n)
 	}
 	if links := nsLinks(t, e.host); len(links) != n+2 {
 		t.Errorf("%d host links, want %d", len(links), n+2)
@@ -548,7 +548,7 @@ func TestExhaustion(t *testing.T) {
 	before := nsLinks(t, e.host)
 	id := e.id()
 	_, err := e.m.Attach(ctx, id)
-	if !errdefs.IsResourceExhausted(err) {
+	if !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Fatalf("6th Attach on a /29: got %v, want ResourceExhausted", err)
 	}
 	if _, err := os.Stat(netnsPath(DefaultNetnsDir, NetnsPrefix+id)); !errors.Is(err, os.ErrNotExist) {
@@ -557,8 +557,8 @@ func TestExhaustion(t *testing.T) {
 	if after := nsLinks(t, e.host); !slices.Equal(before, after) {
 		t.Errorf("failed Attach changed host links: %v → %v", before, after)
 	}
-	if len(e.netnsLeft()) != 5 || len(e.m.Leases()) != 5 {
-		t.Errorf("%d namespaces, %d leases after the failure, want 5", len(e.netnsLeft()), len(e.m.Leases()))
+	if len(e.netnsLeft()) != 5 || len(leases(e.m)) != 5 {
+		t.Errorf("%d namespaces, %d leases after the failure, want 5", len(e.netnsLeft()), len(leases(e.m)))
 	}
 	if err := e.m.Detach(ctx, atts[2].SandboxID); err != nil {
 		t.Fatal(err)
@@ -602,7 +602,7 @@ func TestAttachRollback(t *testing.T) {
 					})
 				}
 			},
-			check: errdefs.IsAlreadyExists,
+			check: isClass(errdefs.ErrAlreadyExists),
 		},
 		{
 			name: "namespace name taken",
@@ -618,7 +618,7 @@ func TestAttachRollback(t *testing.T) {
 					os.Remove(p)
 				}
 			},
-			check: errdefs.IsAlreadyExists,
+			check: isClass(errdefs.ErrAlreadyExists),
 		},
 		{
 			name: "canceled",
@@ -656,8 +656,8 @@ func TestAttachRollback(t *testing.T) {
 			if after := nsLinks(t, e.host); !slices.Equal(hostBefore, after) {
 				t.Errorf("host links changed: %v → %v", hostBefore, after)
 			}
-			if len(e.m.Leases()) != 0 {
-				t.Errorf("leases left: %v", e.m.Leases())
+			if len(leases(e.m)) != 0 {
+				t.Errorf("leases left: %v", leases(e.m))
 			}
 			if cleanup != nil {
 				cleanup()
@@ -679,7 +679,7 @@ func TestAttachRollback(t *testing.T) {
 func TestRunInNetns(t *testing.T) {
 	host := newTestHost(t)
 	var inside string
-	if err := RunInNetns(host, func() error {
+	if err := runInNetns(host, func() error {
 		var err error
 		inside, err = os.Readlink(threadNetnsPath())
 		return err
@@ -694,11 +694,11 @@ func TestRunInNetns(t *testing.T) {
 		t.Errorf("inside: %s, want %s", inside, want)
 	}
 	sentinel := errors.New("boom")
-	if err := RunInNetns(host, func() error { return sentinel }); !errors.Is(err, sentinel) {
+	if err := runInNetns(host, func() error { return sentinel }); !errors.Is(err, sentinel) {
 		t.Errorf("error not passed through: %v", err)
 	}
-	if err := RunInNetns("/nonexistent", func() error { return nil }); err == nil {
-		t.Error("RunInNetns on a missing path succeeded")
+	if err := runInNetns("/nonexistent", func() error { return nil }); err == nil {
+		t.Error("runInNetns on a missing path succeeded")
 	}
 }
 
@@ -719,7 +719,7 @@ func TestReserve(t *testing.T) {
 	if err := e.m.Detach(context.Background(), id); err != nil { // releases the reservation
 		t.Fatal(err)
 	}
-	if _, ok := e.m.Leases()[id]; ok {
+	if _, ok := leases(e.m)[id]; ok {
 		t.Error("reservation kept after Detach")
 	}
 }
@@ -732,19 +732,19 @@ func TestAttachWithoutSetup(t *testing.T) {
 	}
 	defer m.Close()
 	id := testIDMark + randHex(4) + "001"
-	if _, err := m.Attach(context.Background(), id); !errdefs.IsFailedPrecondition(err) {
+	if _, err := m.Attach(context.Background(), id); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("Attach before Setup: got %v, want FailedPrecondition", err)
 	}
 	if _, err := os.Stat(netnsPath(DefaultNetnsDir, NetnsPrefix+id)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("namespace left: %v", err)
 	}
-	if len(m.Leases()) != 0 {
-		t.Errorf("leases left: %v", m.Leases())
+	if len(leases(m)) != 0 {
+		t.Errorf("leases left: %v", leases(m))
 	}
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Attach(context.Background(), id); !errdefs.IsFailedPrecondition(err) {
+	if _, err := m.Attach(context.Background(), id); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("Attach after Close: got %v, want FailedPrecondition", err)
 	}
 }
@@ -762,7 +762,7 @@ func TestTAPOwner(t *testing.T) {
 			e := newEnv(t, func(c *Config) { c.TAPOwner, c.TAPGroup = tt.owner, tt.group })
 			att := e.attach(context.Background())
 			var got [2]uint32
-			err := RunInNetns(att.NetnsPath, func() error {
+			err := runInNetns(att.NetnsPath, func() error {
 				link, err := netlink.LinkByName(TAPName)
 				if err != nil {
 					return err

@@ -1,7 +1,6 @@
 package network
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 
@@ -94,19 +93,6 @@ func applyHostTable(ns netns.NsHandle, cfg Config) error {
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nftables: install table inet %s: %w", TableName, err)
-	}
-	return nil
-}
-
-// deleteHostTable removes the host table; a missing table is not an error.
-func deleteHostTable(ns netns.NsHandle) error {
-	c, err := nftConn(ns)
-	if err != nil {
-		return err
-	}
-	c.DelTable(&nftables.Table{Name: TableName, Family: nftables.TableFamilyINet})
-	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("nftables: delete table inet %s: %w", TableName, err)
 	}
 	return nil
 }

@@ -276,7 +276,7 @@ func TestVerifyFileAlgorithms(t *testing.T) {
 			if tc.ok != (err == nil) {
 				t.Fatalf("VerifyFile = %v, want ok=%v", err, tc.ok)
 			}
-			if err != nil && (!errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), tc.msg)) {
+			if err != nil && (!errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), tc.msg)) {
 				t.Fatalf("VerifyFile = %v, want FailedPrecondition mentioning %q", err, tc.msg)
 			}
 		})
@@ -314,7 +314,7 @@ func TestVerifyCanceledMidway(t *testing.T) {
 		t.Run(algorithmName(fi.Algorithm), func(t *testing.T) {
 			ctx := &errAfter{Context: context.Background(), limit: 3}
 			err := VerifyFileContext(ctx, path, fi, true)
-			if !errors.Is(err, context.Canceled) || errdefs.IsFailedPrecondition(err) {
+			if !errors.Is(err, context.Canceled) || errors.Is(err, errdefs.ErrFailedPrecondition) {
 				t.Fatalf("VerifyFileContext canceled midway = %v, want context.Canceled", err)
 			}
 			if n := ctx.calls.Load(); n <= ctx.limit || n > ctx.limit+maxHashWorkers {
@@ -392,7 +392,7 @@ func TestCommitChunkedAndLegacyMeta(t *testing.T) {
 		}
 	}
 	patch(t, filepath.Join(got.Dir, MemName), 12*mib, []byte("x"))
-	if err := VerifyFile(filepath.Join(got.Dir, MemName), got.Files[MemName], true); !errdefs.IsFailedPrecondition(err) {
+	if err := VerifyFile(filepath.Join(got.Dir, MemName), got.Files[MemName], true); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("VerifyFile of a corrupted legacy file = %v, want FailedPrecondition", err)
 	}
 }

@@ -69,7 +69,7 @@ func TestCommitENOSPC(t *testing.T) {
 	}
 	fill(t, p.MemPath) // no room left for meta.json
 	_, err = c.Commit(p, testMeta())
-	if !errdefs.IsResourceExhausted(err) || !strings.Contains(err.Error(), "no space left on device") ||
+	if !errors.Is(err, errdefs.ErrResourceExhausted) || !strings.Contains(err.Error(), "no space left on device") ||
 		!strings.Contains(err.Error(), MetaName) {
 		t.Fatalf("Commit on a full file system = %v, want ResourceExhausted naming %s", err, MetaName)
 	}
@@ -105,7 +105,7 @@ func TestMergeDiffENOSPC(t *testing.T) {
 	fill(t, filepath.Join(dir, "ballast")) // tmpfs cannot reflink: the copy of base fails
 	out := filepath.Join(dir, "out")
 	err = MergeDiff(context.Background(), base, diff, out)
-	if !errdefs.IsResourceExhausted(err) || !strings.Contains(err.Error(), "no space left on device") {
+	if !errors.Is(err, errdefs.ErrResourceExhausted) || !strings.Contains(err.Error(), "no space left on device") {
 		t.Fatalf("MergeDiff on a full file system = %v, want ResourceExhausted", err)
 	}
 	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {

@@ -86,7 +86,7 @@ func TestMergeDiffErrors(t *testing.T) {
 	os.WriteFile(base, bytes.Repeat([]byte{'A'}, 8192), 0o600)
 	os.WriteFile(small, bytes.Repeat([]byte{'B'}, 4096), 0o600)
 	out := filepath.Join(dir, "out")
-	if err := MergeDiff(context.Background(), base, small, out); !errdefs.IsInvalidArgument(err) {
+	if err := MergeDiff(context.Background(), base, small, out); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("MergeDiff with different sizes = %v, want InvalidArgument", err)
 	}
 	if err := MergeDiff(context.Background(), base, filepath.Join(dir, "missing"), out); err == nil {

@@ -176,7 +176,7 @@ func TestValidName(t *testing.T) {
 				}
 				return
 			}
-			if !errdefs.IsInvalidArgument(err) {
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
 				t.Fatalf("ValidName(%q) = %v, want InvalidArgument", tc.name, err)
 			}
 			if strings.ContainsRune(err.Error(), 0) {
@@ -205,7 +205,7 @@ func TestBeginRejects(t *testing.T) {
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			p, err := c.Begin(tc.sandbox, tc.name)
-			if !errdefs.IsInvalidArgument(err) {
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
 				t.Fatalf("Begin(%q, %q) = %v, %v; want InvalidArgument", tc.sandbox, tc.name, p, err)
 			}
 		})
@@ -324,10 +324,10 @@ func TestRoundTrip(t *testing.T) {
 	if byName, err := c.GetByName(sb, "base"); err != nil || byName.ID != m.ID {
 		t.Fatalf("GetByName = %+v, %v", byName, err)
 	}
-	if _, err := c.GetByName(sb, "other"); !errdefs.IsNotFound(err) {
+	if _, err := c.GetByName(sb, "other"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("GetByName(other) = %v, want NotFound", err)
 	}
-	if _, err := c.Get(idGen.New()); !errdefs.IsNotFound(err) {
+	if _, err := c.Get(idGen.New()); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("Get(unknown) = %v, want NotFound", err)
 	}
 	for _, fi := range m.Files {
@@ -340,7 +340,7 @@ func TestRoundTrip(t *testing.T) {
 	if _, err := c.Get(m.ID); err != nil {
 		t.Fatalf("Abort after Commit removed the snapshot: %v", err)
 	}
-	if _, err := c.Commit(p, testMeta()); !errdefs.IsFailedPrecondition(err) {
+	if _, err := c.Commit(p, testMeta()); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("second Commit = %v, want FailedPrecondition", err)
 	}
 }
@@ -385,7 +385,7 @@ func TestDuplicateName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Begin(sb, "dup"); !errdefs.IsAlreadyExists(err) {
+	if _, err := c.Begin(sb, "dup"); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Fatalf("Begin while pending = %v, want AlreadyExists", err)
 	}
 	// The same name in another sandbox is fine.
@@ -398,7 +398,7 @@ func TestDuplicateName(t *testing.T) {
 	if _, err := c.Commit(p, testMeta()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Begin(sb, "dup"); !errdefs.IsAlreadyExists(err) {
+	if _, err := c.Begin(sb, "dup"); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Fatalf("Begin after commit = %v, want AlreadyExists", err)
 	}
 }
@@ -421,7 +421,7 @@ func TestConcurrentBeginSameName(t *testing.T) {
 			switch {
 			case err == nil:
 				won = append(won, p)
-			case errdefs.IsAlreadyExists(err):
+			case errors.Is(err, errdefs.ErrAlreadyExists):
 				errsDup++
 			default:
 				t.Error(err)
@@ -451,7 +451,7 @@ func TestAbortLeavesNothing(t *testing.T) {
 	if l := c.List(""); len(l) != 0 {
 		t.Fatalf("List after Abort = %v", l)
 	}
-	if _, err := c.Commit(p, testMeta()); !errdefs.IsFailedPrecondition(err) {
+	if _, err := c.Commit(p, testMeta()); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("Commit after Abort = %v, want FailedPrecondition", err)
 	}
 	// The name is free again.
@@ -699,7 +699,7 @@ func TestOpenRereadsCommitted(t *testing.T) {
 	if _, err := os.Stat(p.Dir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("pending directory survived Open: %v", err)
 	}
-	if _, err := c2.Begin(sb1, "a"); !errdefs.IsAlreadyExists(err) {
+	if _, err := c2.Begin(sb1, "a"); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Fatalf("Begin of an existing name after Open = %v, want AlreadyExists", err)
 	}
 	p2, err := c2.Begin(sb1, "pending")
@@ -731,7 +731,7 @@ func TestDeleteWaitsForPins(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	err = c.Delete(ctx, m.ID)
-	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "being restored; try again") {
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "being restored; try again") {
 		t.Fatalf("Delete while pinned = %v, want FailedPrecondition", err)
 	}
 	for name, fi := range m.Files {
@@ -766,10 +766,10 @@ func TestDeleteWaitsForPins(t *testing.T) {
 	if got := entries(t, c.Dir()); len(got) != 0 {
 		t.Fatalf("catalog directory holds %v", got)
 	}
-	if _, err := c.Get(m.ID); !errdefs.IsNotFound(err) {
+	if _, err := c.Get(m.ID); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("Get after Delete = %v", err)
 	}
-	if _, _, err := c.Acquire(m.ID); !errdefs.IsNotFound(err) {
+	if _, _, err := c.Acquire(m.ID); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("Acquire after Delete = %v", err)
 	}
 	// The name is free again.
@@ -779,10 +779,10 @@ func TestDeleteWaitsForPins(t *testing.T) {
 func TestDelete(t *testing.T) {
 	c, _ := openCatalog(t, "")
 	sb := idGen.New()
-	if err := c.Delete(context.Background(), idGen.New()); !errdefs.IsNotFound(err) {
+	if err := c.Delete(context.Background(), idGen.New()); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("Delete(unknown) = %v, want NotFound", err)
 	}
-	if err := c.Delete(context.Background(), "../../etc"); !errdefs.IsNotFound(err) {
+	if err := c.Delete(context.Background(), "../../etc"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("Delete(path) = %v, want NotFound", err)
 	}
 	a, b := snapshotOf(t, c, sb, "a"), snapshotOf(t, c, sb, "b")
@@ -792,13 +792,13 @@ func TestDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Abort(p)
-	if err := c.Delete(context.Background(), p.ID); !errdefs.IsNotFound(err) {
+	if err := c.Delete(context.Background(), p.ID); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("Delete(pending) = %v, want NotFound", err)
 	}
 	if err := c.Delete(context.Background(), a.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Delete(context.Background(), a.ID); !errdefs.IsNotFound(err) {
+	if err := c.Delete(context.Background(), a.ID); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("second Delete = %v, want NotFound", err)
 	}
 	// The other snapshot and the sandbox directory remain.
@@ -842,7 +842,7 @@ func TestVerifyFile(t *testing.T) {
 			if tc.ok != (err == nil) {
 				t.Fatalf("VerifyFile = %v, want ok=%v", err, tc.ok)
 			}
-			if err != nil && !errdefs.IsFailedPrecondition(err) {
+			if err != nil && !errors.Is(err, errdefs.ErrFailedPrecondition) {
 				t.Fatalf("VerifyFile = %v, want FailedPrecondition", err)
 			}
 		})

@@ -34,8 +34,8 @@ var table = []struct {
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }
 
-// Code returns the gRPC code for err's class (Unknown when it has none).
-func Code(err error) codes.Code {
+// codeOf returns the gRPC code for err's class (Unknown when it has none).
+func codeOf(err error) codes.Code {
 	if err == nil {
 		return codes.OK
 	}
@@ -60,7 +60,7 @@ func ToGRPC(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	return status.Error(Code(err), err.Error())
+	return status.Error(codeOf(err), err.Error())
 }
 
 // ToNative converts a gRPC status error back into an error of the matching

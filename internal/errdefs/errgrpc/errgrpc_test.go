@@ -40,8 +40,8 @@ func TestRoundTrip(t *testing.T) {
 			if !errors.Is(n, tt.class) || n.Error() != err.Error() {
 				t.Fatalf("ToNative = %v, not of class %v", n, tt.class)
 			}
-			if Code(n) != tt.code {
-				t.Fatalf("Code(native) = %v", Code(n))
+			if codeOf(n) != tt.code {
+				t.Fatalf("codeOf(native) = %v", codeOf(n))
 			}
 		})
 	}
@@ -51,10 +51,10 @@ func TestEdgeCases(t *testing.T) {
 	if ToGRPC(nil) != nil || ToNative(nil) != nil {
 		t.Fatal("nil must stay nil")
 	}
-	if c := Code(errors.New("plain")); c != codes.Unknown {
+	if c := codeOf(errors.New("plain")); c != codes.Unknown {
 		t.Fatalf("plain error code = %v", c)
 	}
-	if c := Code(fmt.Errorf("waiting: %w", context.DeadlineExceeded)); c != codes.DeadlineExceeded {
+	if c := codeOf(fmt.Errorf("waiting: %w", context.DeadlineExceeded)); c != codes.DeadlineExceeded {
 		t.Fatalf("context deadline code = %v", c)
 	}
 	st := status.Error(codes.Internal, "boom")

@@ -55,7 +55,7 @@ func TestNewValidation(t *testing.T) {
 			if tc.ok && err != nil {
 				t.Fatalf("New: %v", err)
 			}
-			if !tc.ok && !errdefs.IsInvalidArgument(err) {
+			if !tc.ok && !errors.Is(err, errdefs.ErrInvalidArgument) {
 				t.Fatalf("New: got %v, want InvalidArgument", err)
 			}
 		})
@@ -89,7 +89,7 @@ func TestAllocateAll(t *testing.T) {
 				}
 			}
 			_, err := p.Allocate("one-too-many")
-			if !errdefs.IsResourceExhausted(err) {
+			if !errors.Is(err, errdefs.ErrResourceExhausted) {
 				t.Fatalf("Allocate past capacity: got %v, want ResourceExhausted", err)
 			}
 			if want := p.Prefix().String(); !strings.Contains(err.Error(), want) {
@@ -149,13 +149,13 @@ func TestNoDoubleLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Allocate("x"); !errdefs.IsAlreadyExists(err) {
+	if _, err := p.Allocate("x"); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Fatalf("second Allocate for one owner: got %v, want AlreadyExists", err)
 	}
-	if err := p.Reserve(a, "y"); !errdefs.IsAlreadyExists(err) {
+	if err := p.Reserve(a, "y"); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Fatalf("Reserve of a held address: got %v, want AlreadyExists", err)
 	}
-	if _, err := p.Allocate(""); !errdefs.IsInvalidArgument(err) {
+	if _, err := p.Allocate(""); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("Allocate with empty owner: got %v, want InvalidArgument", err)
 	}
 }
@@ -168,14 +168,14 @@ func TestReserve(t *testing.T) {
 	}{
 		{"10.3.0.4", "a", func(err error) bool { return err == nil }},
 		{"10.3.0.4", "a", func(err error) bool { return err == nil }}, // idempotent
-		{"10.3.0.4", "b", errdefs.IsAlreadyExists},
-		{"10.3.0.5", "a", errdefs.IsAlreadyExists}, // a already holds .4
-		{"10.3.0.0", "c", errdefs.IsInvalidArgument},
-		{"10.3.0.1", "c", errdefs.IsInvalidArgument}, // gateway
-		{"10.3.0.7", "c", errdefs.IsInvalidArgument}, // broadcast
-		{"10.4.0.2", "c", errdefs.IsInvalidArgument},
-		{"fd00::2", "c", errdefs.IsInvalidArgument},
-		{"10.3.0.2", "", errdefs.IsInvalidArgument},
+		{"10.3.0.4", "b", isClass(errdefs.ErrAlreadyExists)},
+		{"10.3.0.5", "a", isClass(errdefs.ErrAlreadyExists)}, // a already holds .4
+		{"10.3.0.0", "c", isClass(errdefs.ErrInvalidArgument)},
+		{"10.3.0.1", "c", isClass(errdefs.ErrInvalidArgument)}, // gateway
+		{"10.3.0.7", "c", isClass(errdefs.ErrInvalidArgument)}, // broadcast
+		{"10.4.0.2", "c", isClass(errdefs.ErrInvalidArgument)},
+		{"fd00::2", "c", isClass(errdefs.ErrInvalidArgument)},
+		{"10.3.0.2", "", isClass(errdefs.ErrInvalidArgument)},
 	} {
 		err := p.Reserve(netip.MustParseAddr(tc.addr), tc.owner)
 		if !tc.check(err) {
@@ -194,7 +194,7 @@ func TestReserve(t *testing.T) {
 		}
 		seen[a] = true
 	}
-	if _, err := p.Allocate("full"); !errdefs.IsResourceExhausted(err) {
+	if _, err := p.Allocate("full"); !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Fatalf("got %v, want ResourceExhausted", err)
 	}
 	if got := p.Leases(); len(got) != 5 || got["a"].String() != "10.3.0.4" {
@@ -241,4 +241,9 @@ func TestConcurrentAllocate(t *testing.T) {
 	if p.Len() != len(seen) {
 		t.Fatalf("Len = %d, want %d", p.Len(), len(seen))
 	}
+}
+
+// isClass returns a check that an error is of the errdefs class.
+func isClass(class error) func(error) bool {
+	return func(err error) bool { return errors.Is(err, class) }
 }
