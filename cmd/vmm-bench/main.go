@@ -2,6 +2,9 @@
 // p99) and throughput against a baseline measured in the same run: the same
 // Firecracker processes started and configured directly, with no daemon.
 //
+// "vmm-bench recover" measures instead how long a restarted daemon takes
+// to serve with sandboxes left running (see recoverMain).
+//
 // By default it uses the vmm-daemon and firecracker-emulator binaries that
 // sit next to it (make build puts them all in ./bin).
 package main
@@ -19,6 +22,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "recover" {
+		os.Exit(recoverMain(os.Args[2:]))
+	}
 	self, _ := os.Executable()
 	binDir := filepath.Dir(self)
 	o := bench.Options{Log: os.Stderr}

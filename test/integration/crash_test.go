@@ -319,12 +319,14 @@ func runCrashCase(t *testing.T, d *daemon, c crashCase, jail *jailDirs) {
 		t.Errorf("half-written snapshots left: %v", tmp)
 	}
 	// A ready sandbox runs (a checkpoint's pause was undone) and can be
-	// checkpointed; its snapshots restore.
+	// checkpointed: the checkpoint succeeds and leaves it running and
+	// READY. Its snapshots restore.
 	for _, sb := range got {
 		if sb.GetState() == ready {
 			if st := vmState(t, sb); st != "Running" {
 				t.Errorf("sandbox %s: its VM is %q after the restart, want Running", sb.GetId(), st)
 			}
+			checkpointSurvivor(t, d, sb)
 		}
 	}
 	for _, s := range snaps.GetSnapshots() {
@@ -355,6 +357,17 @@ func runCrashCase(t *testing.T, d *daemon, c crashCase, jail *jailDirs) {
 	if recs, err := st.ListSandboxes(t.Context()); err != nil || len(recs) != 0 {
 		t.Errorf("store after a stop-mode shutdown: %d sandbox records, %v; want none", len(recs), err)
 	}
+}
+
+// checkpointSurvivor takes a Full checkpoint of sb, a sandbox READY after
+// a restart, and checks that it succeeds and leaves the sandbox READY with
+// its VM running. A VM left paused is resumed for the checks that follow.
+func checkpointSurvivor(t *testing.T, d *daemon, sb *sandboxv1.Sandbox) {
+	t.Helper()
+	if _, err := d.snap.Checkpoint(t.Context(), &sandboxv1.CheckpointRequest{SandboxId: sb.GetId(), Name: "survivor"}); err != nil {
+		t.Errorf("sandbox %s: Full checkpoint after the restart: %v", sb.GetId(), err)
+	}
+	checkResumed(t, d, sb, fmt.Sprintf("sandbox %s after its checkpoint", sb.GetId()))
 }
 
 // watchEvents follows d's events until d dies and then sends the last one
