@@ -20,7 +20,6 @@ import (
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/ids"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
-	"github.com/firecracker-vmm/firecracker-vmm/internal/store"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -289,7 +288,7 @@ type instance struct {
 	// removing is set (and stored) once a removal has stopped the VMM and
 	// begins releasing the sandbox's resources; Recover finishes it.
 	removing bool
-	// pidStart is the VMM's process start time (store.ProcessStartTime),
+	// pidStart is the VMM's process start time (vmm.ProcessStartTime),
 	// 0 when no VMM runs or it is unknown.
 	pidStart uint64
 }
@@ -761,7 +760,7 @@ func (m *Manager) boot(ctx context.Context, inst *instance, what string, startVM
 	inst.rec.ReadyAt = m.now()
 	inst.rec.Process.PID = mach.Pid()
 	inst.pidStart = 0
-	if t, err := store.ProcessStartTime(mach.Pid()); err == nil {
+	if t, err := vmm.ProcessStartTime(mach.Pid()); err == nil {
 		inst.pidStart = t
 	}
 	m.transitionLocked(inst, StateReady, ActionReady, map[string]string{

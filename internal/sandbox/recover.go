@@ -247,7 +247,7 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 			// The boot finished while the daemon died: record it now.
 			inst.rec.ReadyAt = m.now()
 			inst.rec.Process.PID = mach.Pid()
-			inst.pidStart, _ = store.ProcessStartTime(mach.Pid())
+			inst.pidStart, _ = vmm.ProcessStartTime(mach.Pid())
 			m.transitionLocked(inst, StateReady, ActionReady, map[string]string{
 				"pid": strconv.Itoa(mach.Pid()), "reason": "the boot finished while the daemon was down",
 			})
@@ -304,7 +304,7 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 // start time, and its API socket must answer GET / with the sandbox's id.
 func (m *Manager) adopt(ctx context.Context, r store.SandboxRecord) (machine, error) {
 	pid := r.Process.PID
-	st, err := store.ProcessStartTime(pid)
+	st, err := vmm.ProcessStartTime(pid)
 	if err != nil {
 		return nil, err
 	}
