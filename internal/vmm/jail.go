@@ -184,22 +184,86 @@ func (l *JailerLauncher) prepare(j Jail) error {
 	return os.Chmod(j.Root, 0o700)
 }
 
+// Workspace implements Launcher: the chroot of id (Prepare, idempotent:
+// an existing one is kept with its files), owned by the jail's user, with
+// the cgroups of limits; the console stays in dir (created if missing).
+func (l *JailerLauncher) Workspace(id, dir string, limits Limits) (Workspace, error) {
+	if dir == "" {
+		return Workspace{}, fmt.Errorf("vmm: workspace %s: dir is required", id)
+	}
+	j, err := l.Jail(id, limits)
+	if err != nil {
+		return Workspace{}, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Workspace{}, fmt.Errorf("vmm: workspace %s: %w", id, err)
+	}
+	if err := l.prepare(j); err != nil {
+		return Workspace{}, fmt.Errorf("vmm: jail %s: %w", id, err)
+	}
+	return workspaceOf(j, dir), nil
+}
+
+// ReleaseWorkspace implements Launcher: it removes the jail of id and the
+// cgroups of limits (Cleanup).
+func (l *JailerLauncher) ReleaseWorkspace(id string, limits Limits) error {
+	return l.Cleanup(id, limits)
+}
+
+// Workspaces implements Launcher: the ids (valid instance ids only) that
+// have a jail directory in JailsDir, sorted.
+func (l *JailerLauncher) Workspaces() ([]string, error) {
+	dir, err := l.JailsDir()
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("vmm: listing jails: %w", err)
+	}
+	var ids []string
+	for _, e := range entries {
+		if e.IsDir() && ValidateInstanceID(e.Name()) == nil {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids, nil
+}
+
 // PlaceFile gives the jail its own copy of src as dst (a host path inside
 // j.Root): a reflink where the filesystem supports it, else a sparse copy,
 // owned by the jail's uid:gid with mode 0600. It never hard-links: the
 // jail's user must not own (and so be able to change) files that live
 // outside the jail, such as the shared kernel image.
 func PlaceFile(ctx context.Context, j Jail, src, dst string) error {
-	if err := disk.Clone(ctx, src, dst); err != nil {
-		return fmt.Errorf("placing %s in the jail: %w", src, err)
-	}
-	if err := os.Lchown(dst, j.UID, j.GID); err != nil {
-		return fmt.Errorf("placing %s in the jail: %w", src, err)
-	}
-	if err := os.Chmod(dst, 0o600); err != nil {
+	if err := clonePrivate(ctx, src, dst, j.UID, j.GID, nil); err != nil {
 		return fmt.Errorf("placing %s in the jail: %w", src, err)
 	}
 	return nil
+}
+
+// clonePrivate gives uid:gid its own copy of src as dst (clone, or
+// disk.Clone when nil), mode 0600.
+func clonePrivate(ctx context.Context, src, dst string, uid, gid int, clone CloneFunc) error {
+	if clone == nil {
+		clone = disk.Clone
+	}
+	if err := clone(ctx, src, dst); err != nil {
+		return err
+	}
+	return ownFile(dst, uid, gid)
+}
+
+// ownFile gives path (not what a symbolic link points to) to uid:gid, mode
+// 0600.
+func ownFile(path string, uid, gid int) error {
+	if err := os.Lchown(path, uid, gid); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o600)
 }
 
 // createOwned creates an empty file owned by the jail (or truncates it).
@@ -209,10 +273,7 @@ func createOwned(j Jail, path string) error {
 		return err
 	}
 	f.Close()
-	if err := os.Lchown(path, j.UID, j.GID); err != nil {
-		return err
-	}
-	return os.Chmod(path, 0o600)
+	return ownFile(path, j.UID, j.GID)
 }
 
 // Paths returns the PathMapper of a jail: a placed file's host path maps to

@@ -73,6 +73,63 @@ func (l *JailerLauncher) Processes(id string) ([]int, error) {
 	return pids, nil
 }
 
+// jailOf is Jail for optional limits (nil: none).
+func (l *JailerLauncher) jailOf(id string, limits *Limits) (Jail, error) {
+	if limits == nil {
+		return l.Jail(id, Limits{})
+	}
+	return l.Jail(id, *limits)
+}
+
+// FindVMMs implements Launcher: the processes in the cgroups of jail id
+// (Processes) and those working in dir whose command line carries
+// "--id id" (a jailer that had not entered its chroot yet).
+func (l *JailerLauncher) FindVMMs(id, dir string) ([]int, error) {
+	pids, err := l.Processes(id)
+	if err != nil {
+		return nil, err
+	}
+	more, err := findInDir(id, dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, pid := range more {
+		if !slices.Contains(pids, pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+// Adopt implements Launcher: the VMM is jailed in the jail of req.ID
+// (whose root must exist), which maps paths, holds the API socket (unless
+// req names another) and is removed, with the cgroups of req.Limits, once
+// the adopted VMM has ended.
+func (l *JailerLauncher) Adopt(_ context.Context, req AdoptRequest) (*Launched, error) {
+	if req.Process == nil {
+		return nil, fmt.Errorf("vmm: adopt %s (jailed): Process is required", req.ID)
+	}
+	j, err := l.jailOf(req.ID, req.Limits)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := os.Stat(j.Root); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("vmm: adopt %s (jailed): jail root %s: must be an existing directory (%v)", req.ID, j.Root, err)
+	}
+	socket := req.APISocket
+	if socket == "" {
+		socket = j.HostPath(JailAPISocket)
+	}
+	return &Launched{
+		Process:    req.Process,
+		SocketPath: socket,
+		Paths:      j.Paths(nil),
+		Dir:        j.Root,
+		Jail:       &j,
+		Cleanup:    func() error { return cleanupJail(j) },
+	}, nil
+}
+
 // Launch prepares a fresh jail for req.ID (Prepare; files already placed
 // there by the caller stay), places req.Files and a configured seccomp
 // filter in it, creates the log and metrics files owned by the jail, and
@@ -95,13 +152,13 @@ func (l *JailerLauncher) Launch(ctx context.Context, req LaunchRequest) (_ *Laun
 	if req.Dir == "" || req.ConsolePath == "" {
 		return fail(errors.New("Dir and ConsolePath are required"))
 	}
+	j, err := l.jailOf(req.ID, req.Limits)
+	if err != nil {
+		return nil, err
+	}
 	limits := Limits{}
 	if req.Limits != nil {
 		limits = *req.Limits
-	}
-	j, err := l.Jail(req.ID, limits)
-	if err != nil {
-		return nil, err
 	}
 	bin, err := l.execFile()
 	if err != nil {
@@ -186,7 +243,7 @@ func (l *JailerLauncher) Launch(ctx context.Context, req LaunchRequest) (_ *Laun
 		return fail(err)
 	}
 	socket := j.HostPath(JailAPISocket)
-	if err := removeSocket(socket); err != nil {
+	if err := removeFile(socket); err != nil {
 		return fail(fmt.Errorf("removing stale API socket: %w", err))
 	}
 	timeout := l.Config.SocketTimeout
