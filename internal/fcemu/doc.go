@@ -19,6 +19,11 @@
 //     SIGHUP flushes metrics and exits 156, SIGPIPE is ignored. Log and
 //     metrics files are opened O_RDWR|O_CREAT|O_NONBLOCK without O_TRUNC or
 //     O_APPEND. Guest serial output goes to stdout (or serial_out_path).
+//     Every exit of a running VMM (a guest reset, a failed restore, an
+//     injected exit, a failed --config-file build or API socket bind) logs
+//     Firecracker's last line, "Firecracker exiting successfully.
+//     exit_code=0" (Info) or "Firecracker exiting with error. exit_code=N"
+//     (Error); SIGHUP, like Firecracker's signal handlers, exits without it.
 //   - The micro-http transport: HTTP/1.0 and 1.1, keep-alive, GET, PUT,
 //     PATCH and DELETE only, at most 10 connections (the 11th gets the
 //     canned 503), Content-Length bodies only, the payload limit,

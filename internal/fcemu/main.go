@@ -137,7 +137,8 @@ func Main(args, environ []string, stdout, stderr io.Writer) int {
 		ln, err := listenAPI(sock)
 		if err != nil {
 			fmt.Fprintf(stderr, "Failed to open the API socket at: %s. Check that it is not already used.\n", sock)
-			return exitGeneric
+			v.exit(exitGeneric)
+			return <-v.exitCh
 		}
 		srv := newHTTPServer(ln, int(maxPayload), v.handle)
 		v.background.Add(1)
@@ -154,7 +155,8 @@ func Main(args, environ []string, stdout, stderr io.Writer) int {
 		if err := v.applyConfigFile(data); err != nil {
 			v.log.logf(levelError, "main", "firecracker/src/main.rs:1", "Building VMM configured from cmdline json failed: %v", err)
 			fmt.Fprintf(stderr, "Building VMM configured from cmdline json failed: %v\n", err)
-			return exitGeneric
+			v.exit(exitGeneric)
+			return <-v.exitCh
 		}
 	}
 

@@ -41,6 +41,7 @@ type vmm struct {
 	enablePCI  bool
 	mmdsLimit  int
 	exitCh     chan int
+	exitOnce   sync.Once
 	paused     atomic.Bool
 	background sync.WaitGroup
 
@@ -90,11 +91,20 @@ func newVMM(ctx context.Context, id string, env map[string]string, stdout io.Wri
 }
 
 // exit asks Main to end the process with code; the first request wins.
+// It first logs the line Firecracker's main() logs last (src/firecracker/
+// src/main.rs): "Firecracker exiting successfully. exit_code=0" at level
+// Info, "Firecracker exiting with error. exit_code=N" at level Error.
+// Firecracker's fatal signal handlers exit without it, and so does the
+// emulator on SIGHUP.
 func (v *vmm) exit(code int) {
-	select {
-	case v.exitCh <- code:
-	default:
-	}
+	v.exitOnce.Do(func() {
+		if code == exitOK {
+			v.log.logf(levelInfo, "main", "firecracker/src/main.rs:1", "Firecracker exiting successfully. exit_code=0")
+		} else {
+			v.log.logf(levelError, "main", "firecracker/src/main.rs:1", "Firecracker exiting with error. exit_code=%d", code)
+		}
+		v.exitCh <- code // buffered: never blocks
+	})
 }
 
 // envMillis reads a delay in milliseconds from the environment.

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
-	"github.com/firecracker-vmm/firecracker-vmm/internal/firecracker"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/ids"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/snapshot"
@@ -108,10 +107,10 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 			rec.ID, rec.State, errdefs.ErrFailedPrecondition)
 	}
 
-	typ, fcType := snapshot.TypeFull, firecracker.SnapshotFull
+	typ := snapshot.TypeFull
 	var base snapshot.Meta
 	if req.Diff {
-		typ, fcType = snapshot.TypeDiff, firecracker.SnapshotDiff
+		typ = snapshot.TypeDiff
 		if !rec.Hardware.TrackDirtyPages {
 			return snapshot.Meta{}, fmt.Errorf("checkpoint: sandbox %s: a Diff checkpoint needs a sandbox created with dirty page tracking: %w",
 				rec.ID, errdefs.ErrFailedPrecondition)
@@ -177,9 +176,7 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 		pausedAt = time.Now()
 		m.crash(CrashCheckpointPaused)
 		snapshotTried = true
-		err := mach.CreateSnapshot(ctx, firecracker.SnapshotCreateParams{
-			SnapshotPath: stateWrite, MemFilePath: memWrite, SnapshotType: fcType,
-		})
+		err := mach.CreateSnapshot(ctx, vmm.SnapshotSpec{StatePath: stateWrite, MemPath: memWrite, Diff: req.Diff})
 		if err != nil {
 			return "snapshot create", err
 		}

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
-	"github.com/firecracker-vmm/firecracker-vmm/internal/firecracker"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
@@ -213,8 +212,12 @@ func (m *fakeMachine) Resume(ctx context.Context) error {
 
 // CreateSnapshot writes a small vmstate and a sparse memory file of the
 // machine's size (data at offset 0 for Full, at 4096 for Diff).
-func (m *fakeMachine) CreateSnapshot(ctx context.Context, p firecracker.SnapshotCreateParams) error {
-	m.rt.record("snapshot " + string(p.SnapshotType))
+func (m *fakeMachine) CreateSnapshot(ctx context.Context, p vmm.SnapshotSpec) error {
+	typ := "Full"
+	if p.Diff {
+		typ = "Diff"
+	}
+	m.rt.record("snapshot " + typ)
 	m.rt.mu.Lock()
 	err := m.rt.faults.snapshotErr
 	m.rt.mu.Unlock()
@@ -224,11 +227,11 @@ func (m *fakeMachine) CreateSnapshot(ctx context.Context, p firecracker.Snapshot
 	if !m.isPaused() {
 		return errors.New("fake: snapshot of a running VM")
 	}
-	st, _ := json.Marshal(fakeVMState{MemoryMiB: m.memoryMiB, Type: string(p.SnapshotType)})
-	if err := os.WriteFile(p.SnapshotPath, st, 0o600); err != nil {
+	st, _ := json.Marshal(fakeVMState{MemoryMiB: m.memoryMiB, Type: typ})
+	if err := os.WriteFile(p.StatePath, st, 0o600); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(p.MemFilePath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := os.OpenFile(p.MemPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
@@ -237,10 +240,10 @@ func (m *fakeMachine) CreateSnapshot(ctx context.Context, p firecracker.Snapshot
 		return err
 	}
 	off := int64(0)
-	if p.SnapshotType == firecracker.SnapshotDiff {
+	if p.Diff {
 		off = 4096
 	}
-	_, err = f.WriteAt([]byte("fake-memory-"+string(p.SnapshotType)), off)
+	_, err = f.WriteAt([]byte("fake-memory-"+typ), off)
 	return err
 }
 
@@ -485,8 +488,9 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// nopLauncher is a Launcher that is never expected to run.
-type nopLauncher struct{}
+// nopLauncher is a Launcher that is never expected to run (its other
+// methods are not expected to be called).
+type nopLauncher struct{ vmm.Launcher }
 
 func (nopLauncher) Launch(context.Context, vmm.LaunchRequest) (*vmm.Launched, error) {
 	return nil, errors.New("nopLauncher: not for launching")

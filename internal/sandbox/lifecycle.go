@@ -9,7 +9,6 @@ import (
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
-	"github.com/firecracker-vmm/firecracker-vmm/internal/store"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -92,7 +91,7 @@ func (m *Manager) boot(ctx context.Context, inst *instance, what string, startVM
 	}
 	var pidStart uint64
 	if err == nil {
-		pidStart, _ = store.ProcessStartTime(mach.Pid())
+		pidStart, _ = vmm.ProcessStartTime(mach.Pid())
 	}
 	inst.mu.Lock()
 	if inst.rec.State != StateStarting {

@@ -91,7 +91,7 @@ type instance struct {
 	// removing is set (and stored) once a removal has stopped the VMM and
 	// begins releasing the sandbox's resources; Recover finishes it.
 	removing bool
-	// pidStart is the VMM's process start time (store.ProcessStartTime),
+	// pidStart is the VMM's process start time (vmm.ProcessStartTime),
 	// 0 when no VMM runs or it is unknown.
 	pidStart uint64
 }

@@ -226,7 +226,7 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 	}
 	var pidStart uint64
 	if live && state == StateStarting {
-		pidStart, _ = store.ProcessStartTime(mach.Pid())
+		pidStart, _ = vmm.ProcessStartTime(mach.Pid())
 	}
 
 	inst.mu.Lock()
@@ -296,7 +296,7 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 // start time, and its API socket must answer GET / with the sandbox's id.
 func (m *Manager) adopt(ctx context.Context, r store.SandboxRecord) (machine, error) {
 	pid := r.Process.PID
-	st, err := store.ProcessStartTime(pid)
+	st, err := vmm.ProcessStartTime(pid)
 	if err != nil {
 		return nil, err
 	}

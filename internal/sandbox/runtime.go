@@ -3,7 +3,6 @@ package sandbox
 import (
 	"context"
 
-	"github.com/firecracker-vmm/firecracker-vmm/internal/firecracker"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -36,8 +35,8 @@ type machine interface {
 	// Resume resumes the microVM (idempotent).
 	Resume(ctx context.Context) error
 	// CreateSnapshot writes a snapshot of the paused microVM; the paths
-	// in p are host paths.
-	CreateSnapshot(ctx context.Context, p firecracker.SnapshotCreateParams) error
+	// in s are host paths.
+	CreateSnapshot(ctx context.Context, s vmm.SnapshotSpec) error
 	// Close releases the handle (connections, pidfd) and leaves the VMM
 	// running.
 	Close() error
@@ -82,6 +81,6 @@ func (m vmMachine) Close() error                                     { return m.
 func (m vmMachine) Kill(ctx context.Context) (vmm.ExitStatus, error) { return m.vm.Kill(ctx) }
 func (m vmMachine) Pause(ctx context.Context) error                  { return m.vm.Pause(ctx) }
 func (m vmMachine) Resume(ctx context.Context) error                 { return m.vm.Resume(ctx) }
-func (m vmMachine) CreateSnapshot(ctx context.Context, p firecracker.SnapshotCreateParams) error {
-	return m.vm.CreateSnapshot(ctx, p)
+func (m vmMachine) CreateSnapshot(ctx context.Context, s vmm.SnapshotSpec) error {
+	return m.vm.CreateSnapshot(ctx, s)
 }

@@ -72,7 +72,7 @@ type ProcessRecord struct {
 	// PID is 0 when no VMM runs.
 	PID int `json:"pid,omitempty"`
 	// PIDStartTime is field 22 of /proc/PID/stat (clock ticks since boot),
-	// as returned by ProcessStartTime.
+	// as returned by vmm.ProcessStartTime.
 	PIDStartTime uint64 `json:"pid_start_time,omitempty"`
 	APISocket    string `json:"api_socket,omitempty"`
 	LogPath      string `json:"log_path,omitempty"`

@@ -44,7 +44,7 @@ func TestRealFirecracker(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertState(t, vm, firecracker.StatePaused)
-	snap := firecracker.SnapshotCreateParams{SnapshotPath: filepath.Join(dir, "vm.snap"), MemFilePath: filepath.Join(dir, "vm.mem")}
+	snap := SnapshotSpec{StatePath: filepath.Join(dir, "vm.snap"), MemPath: filepath.Join(dir, "vm.mem")}
 	if err := vm.CreateSnapshot(ctx, snap); err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestRealFirecracker(t *testing.T) {
 
 	restored, err := Restore(ctx, l, RestoreSpec{
 		ID: "e2e-2", Dir: dir, APISocket: filepath.Join(dir, "restored.sock"), ConsolePath: filepath.Join(dir, "restored.console"),
-		SnapshotPath: snap.SnapshotPath, MemFilePath: snap.MemFilePath, ResumeVM: true,
+		SnapshotPath: snap.StatePath, MemFilePath: snap.MemPath, ResumeVM: true,
 		VsockPath: filepath.Join(dir, "v2.sock"),
 	})
 	if err != nil {

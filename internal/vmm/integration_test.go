@@ -138,7 +138,7 @@ func TestEmulatorLifecycle(t *testing.T) {
 
 	// Snapshot: refused while running (Firecracker's rule), Diff refused by
 	// us without dirty tracking, Full works while paused.
-	snap := firecracker.SnapshotCreateParams{SnapshotPath: filepath.Join(spec.Dir, "vm.snap"), MemFilePath: filepath.Join(spec.Dir, "vm.mem")}
+	snap := SnapshotSpec{StatePath: filepath.Join(spec.Dir, "vm.snap"), MemPath: filepath.Join(spec.Dir, "vm.mem")}
 	if err := vm.CreateSnapshot(ctx, snap); !strings.Contains(firecracker.FaultMessage(err), "save/restore unavailable while running") {
 		t.Errorf("snapshot while running: %v", err)
 	}
@@ -146,11 +146,10 @@ func TestEmulatorLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	diff := snap
-	diff.SnapshotType = firecracker.SnapshotDiff
+	diff.Diff = true
 	if err := vm.CreateSnapshot(ctx, diff); !errors.Is(err, ErrDiffWithoutDirtyTracking) {
 		t.Errorf("diff snapshot: %v, want ErrDiffWithoutDirtyTracking", err)
 	}
-	snap.SnapshotType = firecracker.SnapshotFull
 	if err := vm.CreateSnapshot(ctx, snap); err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +160,7 @@ func TestEmulatorLifecycle(t *testing.T) {
 	dir2 := spec.Dir
 	restored, err := Restore(ctx, l, RestoreSpec{
 		ID: "life-2", Dir: dir2, APISocket: filepath.Join(dir2, "restored.sock"), ConsolePath: filepath.Join(dir2, "restored.console"),
-		SnapshotPath: snap.SnapshotPath, MemFilePath: snap.MemFilePath,
+		SnapshotPath: snap.StatePath, MemFilePath: snap.MemPath,
 		ResumeVM: true, TrackDirtyPages: true,
 		NetworkOverrides: []firecracker.NetworkOverride{{IfaceID: "eth0", HostDevName: "tap1"}},
 		VsockPath:        filepath.Join(dir2, "v2.sock"),
@@ -178,8 +177,8 @@ func TestEmulatorLifecycle(t *testing.T) {
 	if err := restored.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := restored.CreateSnapshot(ctx, firecracker.SnapshotCreateParams{
-		SnapshotPath: filepath.Join(dir2, "d.snap"), MemFilePath: filepath.Join(dir2, "d.mem"), SnapshotType: firecracker.SnapshotDiff,
+	if err := restored.CreateSnapshot(ctx, SnapshotSpec{
+		StatePath: filepath.Join(dir2, "d.snap"), MemPath: filepath.Join(dir2, "d.mem"), Diff: true,
 	}); err != nil {
 		t.Errorf("diff snapshot of a dirty-tracking VM: %v", err)
 	}
@@ -441,7 +440,7 @@ func TestEmulatorRelativePathsRestoreInAnotherDir(t *testing.T) {
 	if err := vm.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
-	snap := firecracker.SnapshotCreateParams{SnapshotPath: filepath.Join(dir2, "vmstate"), MemFilePath: filepath.Join(dir2, "mem")}
+	snap := SnapshotSpec{StatePath: filepath.Join(dir2, "vmstate"), MemPath: filepath.Join(dir2, "mem")}
 	if err := vm.CreateSnapshot(ctx, snap); err != nil {
 		t.Fatal(err)
 	}
@@ -449,7 +448,7 @@ func TestEmulatorRelativePathsRestoreInAnotherDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	restored, err := Restore(ctx, l, RestoreSpec{
-		ID: "rel-2", Dir: dir2, SnapshotPath: snap.SnapshotPath, MemFilePath: snap.MemFilePath,
+		ID: "rel-2", Dir: dir2, SnapshotPath: snap.StatePath, MemFilePath: snap.MemPath,
 		ResumeVM: true, VsockPath: "vsock.sock",
 	})
 	if err != nil {

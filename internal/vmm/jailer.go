@@ -1,268 +1,16 @@
 package vmm
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
-	"time"
-
-	"github.com/firecracker-vmm/firecracker-vmm/internal/disk"
 )
-
-// Jail file names: the paths Firecracker is given inside the chroot.
-const (
-	// JailAPISocket is Firecracker's --api-sock inside the jail.
-	JailAPISocket = "/run/firecracker.socket"
-	// JailLogPath is Firecracker's --log-path inside the jail.
-	JailLogPath = "/firecracker.log"
-	// JailMetricsPath is Firecracker's --metrics-path inside the jail.
-	JailMetricsPath = "/firecracker.metrics"
-	// JailSeccompFilter is where a configured seccomp filter is placed.
-	JailSeccompFilter = "/seccomp.bpf"
-	// JailKernelName and JailInitrdName are the names vmm.Start gives the
-	// kernel and the initrd inside a jail.
-	JailKernelName = "vmlinux"
-	JailInitrdName = "initrd"
-)
-
-// Cgroup limit constants: a vCPU is one CPU period's worth of quota and the
-// VMM gets this much memory on top of the guest's.
-const (
-	cgroupCPUPeriod      = 100000
-	cgroupMemOverheadMiB = 64
-)
-
-// cgroupRemoveTimeout bounds the retries of rmdir on a cgroup that the
-// kernel has not released yet.
-const cgroupRemoveTimeout = 2 * time.Second
-
-// JailerConfig holds the jailer's own options (the [firecracker.jailer]
-// section). The Firecracker binary it runs is the launcher's Config.Binary.
-type JailerConfig struct {
-	// Binary is the jailer binary (absolute or PATH-relative). Required.
-	Binary string
-	// UID and GID are the identity Firecracker runs as (>= 0).
-	UID, GID int
-	// ChrootBaseDir is the jailer's --chroot-base-dir (absolute, must
-	// exist). Required.
-	ChrootBaseDir string
-	// NetNS is a network namespace path used when a launch names none.
-	NetNS string
-	// NewPIDNS passes --new-pid-ns: Firecracker becomes pid 1 of a new PID
-	// namespace and is attached through its pid file.
-	NewPIDNS bool
-	// CgroupVersion is "1" or "2"; empty means "2".
-	CgroupVersion string
-	// ParentCgroup is --parent-cgroup (relative); empty means the jailer's
-	// default, the exec file's name.
-	ParentCgroup string
-	// ResourceLimits are --resource-limit values (fsize=N, no-file=N).
-	ResourceLimits []string
-	// MountInfo is the mountinfo file cgroup mounts are found in; empty
-	// means /proc/self/mountinfo (tests point it elsewhere).
-	MountInfo string
-}
-
-// cgroupVersion returns the effective cgroup version.
-func (c JailerConfig) cgroupVersion() string {
-	if c.CgroupVersion == "" {
-		return "2"
-	}
-	return c.CgroupVersion
-}
-
-// Validate checks the jailer options (not the file system).
-func (c JailerConfig) Validate() error {
-	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if c.Binary == "" {
-		add("jailer binary: required")
-	}
-	if c.UID < 0 || c.GID < 0 {
-		add("jailer uid %d / gid %d: must not be negative", c.UID, c.GID)
-	}
-	if c.ChrootBaseDir == "" || !filepath.IsAbs(c.ChrootBaseDir) {
-		add("chroot base dir %q: an absolute path is required", c.ChrootBaseDir)
-	}
-	if v := c.cgroupVersion(); v != "1" && v != "2" {
-		add("cgroup version %q: want 1 or 2", c.CgroupVersion)
-	}
-	if c.ParentCgroup != "" {
-		if err := validateRelPath(c.ParentCgroup); err != nil {
-			add("parent cgroup %q: %v", c.ParentCgroup, err)
-		}
-	}
-	for _, r := range c.ResourceLimits {
-		k, v, ok := strings.Cut(r, "=")
-		if _, err := strconv.ParseUint(v, 10, 64); !ok || (k != "fsize" && k != "no-file") || err != nil {
-			add("resource limit %q: want fsize=N or no-file=N", r)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// validateRelPath checks a relative path without "." or ".." components.
-func validateRelPath(p string) error {
-	if filepath.IsAbs(p) {
-		return errors.New("must be relative")
-	}
-	for _, c := range strings.Split(p, "/") {
-		if c == "" || c == "." || c == ".." {
-			return errors.New(`must not contain empty, "." or ".." components`)
-		}
-	}
-	return nil
-}
-
-// Limits are a VMM's resource limits, enforced through cgroups by the
-// jailer. Zero fields are not limited.
-type Limits struct {
-	// VCPUs becomes a CPU quota of VCPUs whole CPUs.
-	VCPUs int
-	// MemoryMiB becomes a memory limit of MemoryMiB plus 64 MiB of VMM
-	// overhead.
-	MemoryMiB int
-}
-
-// CgroupSettings returns the --cgroup values (file=value) for limits under
-// cgroup version "1" or "2":
-//
-//	v1: cpu.cfs_period_us=100000 cpu.cfs_quota_us=<vcpus*100000>
-//	    memory.limit_in_bytes=<(mem+64) MiB>
-//	v2: cpu.max=<vcpus*100000> 100000  memory.max=<(mem+64) MiB>
-func CgroupSettings(version string, l Limits) []string {
-	var out []string
-	mem := strconv.FormatInt(int64(l.MemoryMiB+cgroupMemOverheadMiB)<<20, 10)
-	quota := strconv.Itoa(l.VCPUs * cgroupCPUPeriod)
-	if version == "1" {
-		if l.VCPUs > 0 {
-			out = append(out, "cpu.cfs_period_us="+strconv.Itoa(cgroupCPUPeriod), "cpu.cfs_quota_us="+quota)
-		}
-		if l.MemoryMiB > 0 {
-			out = append(out, "memory.limit_in_bytes="+mem)
-		}
-		return out
-	}
-	if l.VCPUs > 0 {
-		out = append(out, "cpu.max="+quota+" "+strconv.Itoa(cgroupCPUPeriod))
-	}
-	if l.MemoryMiB > 0 {
-		out = append(out, "memory.max="+mem)
-	}
-	return out
-}
-
-// JailInvocation is the per-launch part of a jailer command line.
-type JailInvocation struct {
-	// ID is the jail id (--id), also Firecracker's instance id.
-	ID string
-	// ExecFile is the absolute path of the Firecracker binary.
-	ExecFile string
-	// NetNS is the network namespace to join (--netns); optional.
-	NetNS string
-	// Cgroups are --cgroup values (file=value).
-	Cgroups []string
-	// FirecrackerArgs follow "--"; they must not contain --id.
-	FirecrackerArgs []string
-}
-
-// JailerArgs returns the jailer's arguments (without argv[0]) in this
-// stable order:
-//
-//	--id ID --exec-file BIN --uid U --gid G --chroot-base-dir B
-//	[--netns P] [--new-pid-ns] --cgroup-version V [--parent-cgroup P]
-//	[--cgroup k=v]... [--resource-limit r]... -- FIRECRACKER-ARGS
-//
-// --daemonize is never used: the launcher keeps the process as its child.
-func JailerArgs(cfg JailerConfig, inv JailInvocation) ([]string, error) {
-	var errs []error
-	if err := cfg.Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	if err := ValidateInstanceID(inv.ID); err != nil {
-		errs = append(errs, err)
-	}
-	if !filepath.IsAbs(inv.ExecFile) {
-		errs = append(errs, fmt.Errorf("exec file %q: an absolute path is required", inv.ExecFile))
-	}
-	for _, c := range inv.Cgroups {
-		k, v, ok := strings.Cut(c, "=")
-		if !ok || v == "" || k == "" || strings.Contains(k, "/") || k == "." || k == ".." {
-			errs = append(errs, fmt.Errorf("cgroup setting %q: want file=value", c))
-		}
-	}
-	if slices.Contains(inv.FirecrackerArgs, "--id") {
-		errs = append(errs, errors.New("firecracker arguments must not contain --id under the jailer"))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("vmm: jailer arguments: %w", err)
-	}
-	args := []string{
-		"--id", inv.ID, "--exec-file", inv.ExecFile,
-		"--uid", strconv.Itoa(cfg.UID), "--gid", strconv.Itoa(cfg.GID),
-		"--chroot-base-dir", cfg.ChrootBaseDir,
-	}
-	if inv.NetNS != "" {
-		args = append(args, "--netns", inv.NetNS)
-	}
-	if cfg.NewPIDNS {
-		args = append(args, "--new-pid-ns")
-	}
-	args = append(args, "--cgroup-version", cfg.cgroupVersion())
-	if cfg.ParentCgroup != "" {
-		args = append(args, "--parent-cgroup", cfg.ParentCgroup)
-	}
-	for _, c := range inv.Cgroups {
-		args = append(args, "--cgroup", c)
-	}
-	for _, r := range cfg.ResourceLimits {
-		args = append(args, "--resource-limit", r)
-	}
-	args = append(args, "--")
-	return append(args, inv.FirecrackerArgs...), nil
-}
-
-// Jail describes one VMM's jail on the host.
-type Jail struct {
-	// ID is the jail id.
-	ID string
-	// Dir is <chroot_base>/<exec name>/<id>, removed by cleanup.
-	Dir string
-	// Root is the chroot: Dir/root.
-	Root string
-	// UID and GID own everything in Root.
-	UID, GID int
-	// Cgroups are the cgroup directories the jailer creates for this
-	// launch's limits (one per v1 controller, or the v2 one).
-	Cgroups []string
-	// Cgroup is the cgroup path shown to users:
-	// <mount>/<parent_cgroup>/<id> (of the first v1 controller, cpu, or
-	// the unified hierarchy).
-	Cgroup string
-}
-
-// HostPath returns the host path of a path inside the jail ("/run/x" or
-// the relative "x", both resolved from the jail's root).
-func (j Jail) HostPath(jailPath string) string {
-	return filepath.Join(j.Root, strings.TrimPrefix(jailPath, "/"))
-}
-
-// JailFile is a host file a launch places in the jail.
-type JailFile struct {
-	// HostPath is the file on the host.
-	HostPath string
-	// JailName is its name in the jail's root directory.
-	JailName string
-}
 
 // JailerLauncher starts Firecracker through the jailer: every VMM gets a
 // fresh chroot, runs as JailerConfig's uid/gid, in its own cgroup (the
@@ -325,257 +73,61 @@ func (l *JailerLauncher) Processes(id string) ([]int, error) {
 	return pids, nil
 }
 
-// Jail returns the jail of id and, for limits, its cgroup directories.
-func (l *JailerLauncher) Jail(id string, limits Limits) (Jail, error) {
-	if err := ValidateInstanceID(id); err != nil {
-		return Jail{}, fmt.Errorf("vmm: jail: %w", err)
+// jailOf is Jail for optional limits (nil: none).
+func (l *JailerLauncher) jailOf(id string, limits *Limits) (Jail, error) {
+	if limits == nil {
+		return l.Jail(id, Limits{})
 	}
-	bin, err := l.execFile()
+	return l.Jail(id, *limits)
+}
+
+// FindVMMs implements Launcher: the processes in the cgroups of jail id
+// (Processes) and those working in dir whose command line carries
+// "--id id" (a jailer that had not entered its chroot yet).
+func (l *JailerLauncher) FindVMMs(id, dir string) ([]int, error) {
+	pids, err := l.Processes(id)
 	if err != nil {
-		return Jail{}, fmt.Errorf("vmm: jail %s: firecracker binary: %w", id, err)
+		return nil, err
 	}
-	exe := filepath.Base(bin)
-	dir := filepath.Join(l.Jailer.ChrootBaseDir, exe, id)
-	j := Jail{ID: id, Dir: dir, Root: filepath.Join(dir, "root"), UID: l.Jailer.UID, GID: l.Jailer.GID}
-	parent := l.Jailer.ParentCgroup
-	if parent == "" {
-		parent = exe
-	}
-	settings := CgroupSettings(l.Jailer.cgroupVersion(), limits)
-	mountinfo := l.Jailer.MountInfo
-	if mountinfo == "" {
-		mountinfo = "/proc/self/mountinfo"
-	}
-	if l.Jailer.cgroupVersion() == "1" {
-		var controllers []string
-		for _, s := range settings {
-			c, _, _ := strings.Cut(s, ".")
-			if !slices.Contains(controllers, c) {
-				controllers = append(controllers, c)
-			}
-		}
-		for _, c := range controllers {
-			mnt, err := cgroupMount(mountinfo, c)
-			if err != nil {
-				return Jail{}, fmt.Errorf("vmm: jail %s: %w", id, err)
-			}
-			j.Cgroups = append(j.Cgroups, filepath.Join(mnt, parent, id))
-		}
-	} else if mnt, err := cgroupMount(mountinfo, ""); err == nil {
-		if len(settings) > 0 {
-			j.Cgroups = []string{filepath.Join(mnt, parent, id)}
-		}
-		j.Cgroup = filepath.Join(mnt, parent, id)
-	} else if len(settings) > 0 {
-		return Jail{}, fmt.Errorf("vmm: jail %s: %w", id, err)
-	}
-	if len(j.Cgroups) > 0 {
-		j.Cgroup = j.Cgroups[0]
-	}
-	return j, nil
-}
-
-// cgroupMount finds the mount point of the v1 hierarchy with controller
-// in mountinfo, or of the cgroup2 hierarchy when controller is empty.
-func cgroupMount(mountinfo, controller string) (string, error) {
-	f, err := os.Open(mountinfo)
+	more, err := findInDir(id, dir)
 	if err != nil {
-		return "", fmt.Errorf("finding cgroup mounts: %w", err)
+		return nil, err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		fields, tail := strings.Fields(pre), strings.Fields(post)
-		if len(fields) < 5 || len(tail) < 3 {
-			continue
-		}
-		switch {
-		case controller == "" && tail[0] == "cgroup2":
-			return fields[4], nil
-		case controller != "" && tail[0] == "cgroup" && slices.Contains(strings.Split(tail[2], ","), controller):
-			return fields[4], nil
+	for _, pid := range more {
+		if !slices.Contains(pids, pid) {
+			pids = append(pids, pid)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("reading %s: %w", mountinfo, err)
-	}
-	if controller == "" {
-		return "", errors.New("no cgroup2 hierarchy is mounted")
-	}
-	return "", fmt.Errorf("no cgroup v1 hierarchy with the %s controller is mounted", controller)
+	return pids, nil
 }
 
-// Prepare creates the jail's root directory for id (idempotent): Dir as
-// root-only 0700 directories, Root 0700 owned by the jail's uid:gid. Files
-// may then be placed in it (PlaceFile) before Launch.
-func (l *JailerLauncher) Prepare(id string) (Jail, error) {
-	j, err := l.Jail(id, Limits{})
+// Adopt implements Launcher: the VMM is jailed in the jail of req.ID
+// (whose root must exist), which maps paths, holds the API socket (unless
+// req names another) and is removed, with the cgroups of req.Limits, once
+// the adopted VMM has ended.
+func (l *JailerLauncher) Adopt(_ context.Context, req AdoptRequest) (*Launched, error) {
+	if req.Process == nil {
+		return nil, fmt.Errorf("vmm: adopt %s (jailed): Process is required", req.ID)
+	}
+	j, err := l.jailOf(req.ID, req.Limits)
 	if err != nil {
-		return Jail{}, err
+		return nil, err
 	}
-	if err := l.prepare(j); err != nil {
-		return Jail{}, fmt.Errorf("vmm: jail %s: %w", id, err)
+	if fi, err := os.Stat(j.Root); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("vmm: adopt %s (jailed): jail root %s: must be an existing directory (%v)", req.ID, j.Root, err)
 	}
-	return j, nil
-}
-
-func (l *JailerLauncher) prepare(j Jail) error {
-	st, err := os.Stat(l.Jailer.ChrootBaseDir)
-	if err != nil || !st.IsDir() {
-		return fmt.Errorf("chroot base dir %s: must be an existing directory (%v)", l.Jailer.ChrootBaseDir, err)
+	socket := req.APISocket
+	if socket == "" {
+		socket = j.HostPath(JailAPISocket)
 	}
-	if err := os.MkdirAll(j.Dir, 0o700); err != nil {
-		return err
-	}
-	if err := os.Mkdir(j.Root, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
-	}
-	if err := os.Lchown(j.Root, j.UID, j.GID); err != nil {
-		return err
-	}
-	return os.Chmod(j.Root, 0o700)
-}
-
-// PlaceFile gives the jail its own copy of src as dst (a host path inside
-// j.Root): a reflink where the filesystem supports it, else a sparse copy,
-// owned by the jail's uid:gid with mode 0600. It never hard-links: the
-// jail's user must not own (and so be able to change) files that live
-// outside the jail, such as the shared kernel image.
-func PlaceFile(ctx context.Context, j Jail, src, dst string) error {
-	if err := disk.Clone(ctx, src, dst); err != nil {
-		return fmt.Errorf("placing %s in the jail: %w", src, err)
-	}
-	if err := os.Lchown(dst, j.UID, j.GID); err != nil {
-		return fmt.Errorf("placing %s in the jail: %w", src, err)
-	}
-	if err := os.Chmod(dst, 0o600); err != nil {
-		return fmt.Errorf("placing %s in the jail: %w", src, err)
-	}
-	return nil
-}
-
-// createOwned creates an empty file owned by the jail (or truncates it).
-func createOwned(j Jail, path string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	f.Close()
-	if err := os.Lchown(path, j.UID, j.GID); err != nil {
-		return err
-	}
-	return os.Chmod(path, 0o600)
-}
-
-// Paths returns the PathMapper of a jail: a placed file's host path maps to
-// its name in the jail's root; a host path inside the root maps to the
-// path below it ("/..."); a relative path is returned unchanged
-// (Firecracker's working directory is the jail's root); anything else is
-// refused.
-func (j Jail) Paths(files []JailFile) PathMapper {
-	placed := map[string]string{}
-	for _, f := range files {
-		placed[filepath.Clean(f.HostPath)] = "/" + f.JailName
-	}
-	root := filepath.Clean(j.Root)
-	return func(hostPath string) (string, error) {
-		if hostPath == "" {
-			return "", errors.New("empty path")
-		}
-		if !filepath.IsAbs(hostPath) {
-			return hostPath, nil
-		}
-		p := filepath.Clean(hostPath)
-		if in, ok := placed[p]; ok {
-			return in, nil
-		}
-		rel, err := filepath.Rel(root, p)
-		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
-			return "", fmt.Errorf("path %s is outside the jail %s: Firecracker cannot reach it", hostPath, root)
-		}
-		if rel == "." {
-			return "/", nil
-		}
-		return "/" + rel, nil
-	}
-}
-
-// restrictJail takes every permission for other users away from the files
-// in root: the jailer copies the exec file with its mode and writes the pid
-// file world-readable, and Firecracker creates its sockets with the
-// inherited umask. Symbolic links are left alone.
-func restrictJail(root string) error {
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil // e.g. a socket removed meanwhile
-			}
-			return err
-		}
-		if d.Type()&fs.ModeSymlink != 0 {
-			return nil
-		}
-		var st syscall.Stat_t
-		if err := syscall.Lstat(p, &st); err != nil {
-			if errors.Is(err, syscall.ENOENT) {
-				return nil
-			}
-			return err
-		}
-		if st.Mode&0o007 == 0 {
-			return nil
-		}
-		if err := syscall.Chmod(p, st.Mode&0o7770); err != nil && !errors.Is(err, syscall.ENOENT) {
-			return err
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("restricting the jail's permissions: %w", err)
-	}
-	return nil
-}
-
-// Cleanup removes the jail of id (<chroot_base>/<exec name>/<id>) and the
-// cgroup directories of limits. Call it once the VMM has exited; it is
-// idempotent.
-func (l *JailerLauncher) Cleanup(id string, limits Limits) error {
-	j, err := l.Jail(id, limits)
-	if err != nil {
-		return err
-	}
-	return cleanupJail(j)
-}
-
-// cleanupJail removes j's directory and cgroups (rmdir, retried briefly
-// while the kernel releases a cgroup whose last task just exited).
-func cleanupJail(j Jail) error {
-	var errs []error
-	if err := os.RemoveAll(j.Dir); err != nil {
-		errs = append(errs, fmt.Errorf("removing jail %s: %w", j.Dir, err))
-	}
-	for _, cg := range j.Cgroups {
-		deadline := time.Now().Add(cgroupRemoveTimeout)
-		for {
-			err := syscall.Rmdir(cg)
-			if err == nil || errors.Is(err, syscall.ENOENT) {
-				break
-			}
-			if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
-				errs = append(errs, fmt.Errorf("removing cgroup %s: %w", cg, err))
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("vmm: cleanup of jail %s: %w", j.ID, err)
-	}
-	return nil
+	return &Launched{
+		Process:    req.Process,
+		SocketPath: socket,
+		Paths:      j.Paths(nil),
+		Dir:        j.Root,
+		Jail:       &j,
+		Cleanup:    func() error { return cleanupJail(j) },
+	}, nil
 }
 
 // Launch prepares a fresh jail for req.ID (Prepare; files already placed
@@ -600,13 +152,13 @@ func (l *JailerLauncher) Launch(ctx context.Context, req LaunchRequest) (_ *Laun
 	if req.Dir == "" || req.ConsolePath == "" {
 		return fail(errors.New("Dir and ConsolePath are required"))
 	}
+	j, err := l.jailOf(req.ID, req.Limits)
+	if err != nil {
+		return nil, err
+	}
 	limits := Limits{}
 	if req.Limits != nil {
 		limits = *req.Limits
-	}
-	j, err := l.Jail(req.ID, limits)
-	if err != nil {
-		return nil, err
 	}
 	bin, err := l.execFile()
 	if err != nil {
@@ -691,7 +243,7 @@ func (l *JailerLauncher) Launch(ctx context.Context, req LaunchRequest) (_ *Laun
 		return fail(err)
 	}
 	socket := j.HostPath(JailAPISocket)
-	if err := removeSocket(socket); err != nil {
+	if err := removeFile(socket); err != nil {
 		return fail(fmt.Errorf("removing stale API socket: %w", err))
 	}
 	timeout := l.Config.SocketTimeout

@@ -322,10 +322,10 @@ func TestJailedRestore(t *testing.T) {
 	}
 	// Written inside the jail, then moved out.
 	state, mem := filepath.Join(vm.Jail.Root, "s.vmstate"), filepath.Join(vm.Jail.Root, "s.mem")
-	if err := vm.CreateSnapshot(ctx, firecracker.SnapshotCreateParams{SnapshotPath: state, MemFilePath: mem}); err != nil {
+	if err := vm.CreateSnapshot(ctx, SnapshotSpec{StatePath: state, MemPath: mem}); err != nil {
 		t.Fatal(err)
 	}
-	if err := vm.CreateSnapshot(ctx, firecracker.SnapshotCreateParams{SnapshotPath: filepath.Join(spec.Dir, "x"), MemFilePath: mem}); err == nil ||
+	if err := vm.CreateSnapshot(ctx, SnapshotSpec{StatePath: filepath.Join(spec.Dir, "x"), MemPath: mem}); err == nil ||
 		!strings.Contains(err.Error(), "outside the jail") {
 		t.Errorf("snapshot outside the jail: err = %v", err)
 	}

@@ -162,16 +162,22 @@ const testMountInfo = `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 40 30 0:37 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 `
 
-func TestJailLayoutAndCgroups(t *testing.T) {
-	dir := t.TempDir()
-	mi := filepath.Join(dir, "mountinfo")
-	if err := os.WriteFile(mi, []byte(testMountInfo), 0o600); err != nil {
+// fakeJailerFiles writes testMountInfo and an empty "firecracker" named
+// my-fc into dir and returns their paths.
+func fakeJailerFiles(t *testing.T, dir string) (mountinfo, fc string) {
+	t.Helper()
+	mountinfo, fc = filepath.Join(dir, "mountinfo"), filepath.Join(dir, "my-fc")
+	if err := os.WriteFile(mountinfo, []byte(testMountInfo), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	fc := filepath.Join(dir, "my-fc")
 	if err := os.WriteFile(fc, nil, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	return mountinfo, fc
+}
+
+func TestJailLayoutAndCgroups(t *testing.T) {
+	mi, fc := fakeJailerFiles(t, t.TempDir())
 	l := func(version, parent string) *JailerLauncher {
 		return &JailerLauncher{Config: Config{Binary: fc}, Jailer: JailerConfig{
 			Binary: "/jailer", UID: 5, GID: 6, ChrootBaseDir: "/srv/j", CgroupVersion: version,

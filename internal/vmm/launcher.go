@@ -78,10 +78,31 @@ type Launched struct {
 	Cleanup func() error
 }
 
-// Launcher starts Firecracker processes. Launch returns once the API socket
-// answers GET /; on any failure it leaves no process and no socket behind.
+// Launcher starts Firecracker processes and owns what depends on how they
+// are executed (directly or jailed): where a VMM's files live and how a
+// VMM is found again.
 type Launcher interface {
+	// Launch starts a process and returns once the API socket answers
+	// GET /; on any failure it leaves no process and no socket behind.
 	Launch(ctx context.Context, req LaunchRequest) (*Launched, error)
+	// Adopt supplies the mode-specific parts (socket, path mapper,
+	// directory, jail and its cleanup) of a running process that Adopt
+	// has verified as the VMM req.ID. It never signals the process and,
+	// on error, leaves req.Process to the caller.
+	Adopt(ctx context.Context, req AdoptRequest) (*Launched, error)
+	// Workspace prepares (idempotently) where the files of VMM id live
+	// and returns it; dir is the VMM's own directory (LaunchRequest.Dir).
+	Workspace(id, dir string, limits Limits) (Workspace, error)
+	// ReleaseWorkspace removes what Workspace made outside dir (a jail and
+	// the cgroups of limits); it is idempotent and must only be called
+	// once no VMM of id runs.
+	ReleaseWorkspace(id string, limits Limits) error
+	// Workspaces returns the ids that have a workspace outside their own
+	// directory (jails), for the cleanup of strays after a crash.
+	Workspaces() ([]string, error)
+	// FindVMMs returns the pids of the running VMMs of id, whose directory
+	// is dir, whether or not a record of them survived.
+	FindVMMs(id, dir string) ([]int, error)
 }
 
 // DirectLauncher starts the firecracker binary directly (no jailer); paths
@@ -126,8 +147,11 @@ func (l *DirectLauncher) Launch(ctx context.Context, req LaunchRequest) (*Launch
 	if bin, err = filepath.Abs(bin); err != nil {
 		return nil, fmt.Errorf("vmm: launch %s: %w", req.ID, err)
 	}
-	if err := removeSocket(req.SocketPath); err != nil {
+	if err := removeFile(req.SocketPath); err != nil {
 		return nil, fmt.Errorf("vmm: launch %s: removing stale API socket: %w", req.ID, err)
+	}
+	if err := truncateLog(req.LogPath); err != nil {
+		return nil, fmt.Errorf("vmm: launch %s: log file: %w", req.ID, err)
 	}
 	proc, err := startProcess(bin, args, req.Dir, req.ConsolePath, req.NetNS, childEnv(l.Config.Env))
 	if err != nil {
@@ -147,10 +171,78 @@ func (l *DirectLauncher) Launch(ctx context.Context, req LaunchRequest) (*Launch
 			_, _ = proc.Wait(context.WithoutCancel(ctx))
 		}
 		_ = proc.Close()
-		_ = removeSocket(req.SocketPath)
+		_ = removeFile(req.SocketPath)
 		return nil, fmt.Errorf("vmm: launch %s: %w", req.ID, err)
 	}
 	return &Launched{Process: proc, SocketPath: req.SocketPath, Paths: IdentityPaths, Dir: req.Dir}, nil
+}
+
+// Adopt implements Launcher: the socket is req.APISocket (default
+// Dir/firecracker.sock), paths map to themselves and Firecracker's
+// relative paths resolve in req.Dir.
+func (l *DirectLauncher) Adopt(_ context.Context, req AdoptRequest) (*Launched, error) {
+	if req.Dir == "" || req.Process == nil {
+		return nil, fmt.Errorf("vmm: adopt %s: Dir and Process are required", req.ID)
+	}
+	socket := req.APISocket
+	if socket == "" {
+		socket = filepath.Join(req.Dir, DefaultAPISocketName)
+	}
+	return &Launched{Process: req.Process, SocketPath: socket, Paths: IdentityPaths, Dir: req.Dir}, nil
+}
+
+// Workspace implements Launcher: an unjailed VMM's files live in dir
+// itself (created if missing), under the default names.
+func (l *DirectLauncher) Workspace(id, dir string, _ Limits) (Workspace, error) {
+	if err := ValidateInstanceID(id); err != nil {
+		return Workspace{}, fmt.Errorf("vmm: workspace: %w", err)
+	}
+	if dir == "" {
+		return Workspace{}, fmt.Errorf("vmm: workspace %s: dir is required", id)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Workspace{}, fmt.Errorf("vmm: workspace %s: %w", id, err)
+	}
+	return workspaceIn(id, dir), nil
+}
+
+// ReleaseWorkspace implements Launcher: an unjailed VMM has nothing
+// outside its directory.
+func (l *DirectLauncher) ReleaseWorkspace(string, Limits) error { return nil }
+
+// Workspaces implements Launcher: no unjailed VMM has a workspace outside
+// its directory.
+func (l *DirectLauncher) Workspaces() ([]string, error) { return nil, nil }
+
+// FindVMMs implements Launcher: the processes working in dir whose command
+// line carries "--id id".
+func (l *DirectLauncher) FindVMMs(id, dir string) ([]int, error) {
+	return findInDir(id, dir)
+}
+
+// findInDir returns the pids of the processes working in dir whose command
+// line carries "--id id" (Firecracker, or the jailer before its chroot).
+func findInDir(id, dir string) ([]int, error) {
+	if dir == "" {
+		return nil, nil
+	}
+	dir = filepath.Clean(dir)
+	return FindByCwd(func(pid int, cwd string) bool { return cwd == dir && HasInstanceID(pid, id) })
+}
+
+// truncateLog empties an existing regular log file: Firecracker writes its
+// log from offset 0 without truncating, so an older, longer log would
+// leave stale lines (an old exit line, say) after the new ones. FIFOs and
+// missing files are left alone.
+func truncateLog(path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	return os.Truncate(path, 0)
 }
 
 // waitSocket probes GET / until it answers, the process exits, the timeout
@@ -293,8 +385,9 @@ func startInNetns(path, bin string, argv []string, attr *syscall.ProcAttr) (int,
 	return r.pid, r.err
 }
 
-// removeSocket removes a socket file; a missing file is not an error.
-func removeSocket(path string) error {
+// removeFile removes a file (e.g. a socket Firecracker left behind); an
+// empty path or a missing file is not an error.
+func removeFile(path string) error {
 	if path == "" {
 		return nil
 	}

@@ -22,8 +22,15 @@ type ExitStatus struct {
 	// Signal is the signal that killed the process, or 0.
 	Signal syscall.Signal
 	// Known is false when the status could not be collected, which is the
-	// case for processes that are not our children (see Attach).
+	// case for processes that are not our children (see Attach) unless
+	// FromLog.
 	Known bool
+	// FromLog is set when the kernel gave no status (the process was not
+	// our child) and Code was read instead from the last line Firecracker
+	// logs as it exits ("Firecracker exiting successfully. exit_code=0",
+	// "Firecracker exiting with error. exit_code=N"); Known is then true
+	// and Signal 0. See VM.Wait.
+	FromLog bool
 }
 
 // String formats the status like a shell would describe it.
@@ -33,6 +40,8 @@ func (s ExitStatus) String() string {
 		return "exited (status unknown)"
 	case s.Signal != 0:
 		return fmt.Sprintf("killed by signal %d (%s)", int(s.Signal), s.Signal)
+	case s.FromLog:
+		return fmt.Sprintf("exit status %d (as logged by the VMM)", s.Code)
 	default:
 		return fmt.Sprintf("exit status %d", s.Code)
 	}

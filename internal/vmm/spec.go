@@ -21,12 +21,19 @@ const (
 	maxSocketPath = 107
 )
 
-// Default file names inside VMSpec.Dir.
+// Default file names inside a VMM's directory (VMSpec.Dir, or a
+// Workspace's Root).
 const (
 	// DefaultAPISocketName is the API socket's name when VMSpec.APISocket is empty.
 	DefaultAPISocketName = "firecracker.sock"
 	// DefaultConsoleName is the console file's name when VMSpec.ConsolePath is empty.
 	DefaultConsoleName = "console.log"
+	// DefaultLogName is the Firecracker log's name in a Workspace.
+	DefaultLogName = "firecracker.log"
+	// DefaultMetricsName is the metrics file's name in a Workspace.
+	DefaultMetricsName = "firecracker.metrics"
+	// DefaultVsockName is the vsock host socket's name in a Workspace.
+	DefaultVsockName = "vsock.sock"
 )
 
 // DriveSpec is a virtio-block device.

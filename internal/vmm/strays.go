@@ -4,47 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"time"
 )
-
-// Processes whose working directory a caller owns are found through
-// /proc: Firecracker (and the jailer before it execs Firecracker) runs in
-// the sandbox's directory, or in its jail's root, so a VMM can be found
-// even when no record of its pid survived.
-
-// procDir is where the process file system is mounted.
-const procDir = "/proc"
-
-// Cwd returns the working directory of process pid as seen from this
-// process's root.
-func Cwd(pid int) (string, error) {
-	return os.Readlink(procDir + "/" + strconv.Itoa(pid) + "/cwd")
-}
-
-// FindByCwd returns the pids of the processes for which match(pid, their
-// working directory) holds. Processes that end during the scan, or whose
-// working directory cannot be read (zombies, kernel threads), are skipped.
-func FindByCwd(match func(pid int, cwd string) bool) ([]int, error) {
-	entries, err := os.ReadDir(procDir)
-	if err != nil {
-		return nil, fmt.Errorf("vmm: listing processes: %w", err)
-	}
-	self := os.Getpid()
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		if cwd, err := Cwd(pid); err == nil && match(pid, cwd) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids, nil
-}
 
 // KillVerified kills process pid, which need not be a child, if verify
 // still holds for it once a pidfd pins the pid (so that a reused pid is
@@ -105,21 +66,4 @@ func KillStrays(ctx context.Context, match func(pid int, cwd string) bool, keep 
 		killed[pid] = cwd
 	}
 	return killed, errors.Join(errs...)
-}
-
-// HasInstanceID reports whether process pid's command line carries the
-// pair "--id id", as Firecracker's and the jailer's do: a process merely
-// working in a sandbox's directory (an operator's shell, say) does not.
-func HasInstanceID(pid int, id string) bool {
-	data, err := os.ReadFile(procDir + "/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
-		return false
-	}
-	args := strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
-	for i := 0; i+1 < len(args); i++ {
-		if args[i] == "--id" && args[i+1] == id {
-			return true
-		}
-	}
-	return false
 }

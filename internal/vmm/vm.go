@@ -50,6 +50,10 @@ type VM struct {
 	cleanupErr error
 	// dir is where Firecracker's relative paths resolve on the host.
 	dir string
+	// exitOnce settles exit, the status Wait reports, once the process
+	// has ended.
+	exitOnce sync.Once
+	exit     ExitStatus
 }
 
 // step runs one configuration call and names it in the error.
@@ -78,7 +82,7 @@ func Start(ctx context.Context, launcher Launcher, spec VMSpec) (*VM, error) {
 			vsockPath = filepath.Join(spec.Dir, vsockPath)
 		}
 		// Firecracker refuses to bind an existing path.
-		if err := removeSocket(vsockPath); err != nil {
+		if err := removeFile(vsockPath); err != nil {
 			return nil, fmt.Errorf("vmm: start %s: removing stale vsock socket: %w", spec.ID, err)
 		}
 	}
@@ -120,25 +124,31 @@ func launch(ctx context.Context, launcher Launcher, req LaunchRequest) (*VM, err
 	if err != nil {
 		return nil, err
 	}
+	return newVM(req.ID, l, req.Dir, req.ConsolePath, req.LogPath, req.MetricsPath), nil
+}
+
+// newVM builds the VM value around a launched (or adopted) process; dir,
+// logPath and metricsPath are used where l leaves them empty.
+func newVM(id string, l *Launched, dir, consolePath, logPath, metricsPath string) *VM {
 	paths := l.Paths
 	if paths == nil {
 		paths = IdentityPaths
 	}
 	vm := &VM{
-		ID:          req.ID,
+		ID:          id,
 		Process:     l.Process,
 		Client:      firecracker.NewClient(l.SocketPath),
 		SocketPath:  l.SocketPath,
-		ConsolePath: req.ConsolePath,
-		LogPath:     req.LogPath,
-		MetricsPath: req.MetricsPath,
+		ConsolePath: consolePath,
+		LogPath:     logPath,
+		MetricsPath: metricsPath,
 		Jail:        l.Jail,
 		paths:       paths,
 		release:     l.Cleanup,
 		dir:         l.Dir,
 	}
 	if vm.dir == "" {
-		vm.dir = req.Dir
+		vm.dir = dir
 	}
 	if l.LogPath != "" {
 		vm.LogPath = l.LogPath
@@ -146,7 +156,7 @@ func launch(ctx context.Context, launcher Launcher, req LaunchRequest) (*VM, err
 	if l.MetricsPath != "" {
 		vm.MetricsPath = l.MetricsPath
 	}
-	return vm, nil
+	return vm
 }
 
 // restrictJail takes other users' permissions away from what the
@@ -273,8 +283,8 @@ func (vm *VM) abort(ctx context.Context, err error) error {
 func (vm *VM) cleanup() error {
 	vm.cleanupOnce.Do(func() {
 		vm.Client.Close()
-		_ = removeSocket(vm.SocketPath)
-		_ = removeSocket(vm.VsockPath)
+		_ = removeFile(vm.SocketPath)
+		_ = removeFile(vm.VsockPath)
 		if vm.Process.Exited() {
 			_ = vm.Process.Close()
 		}
@@ -283,156 +293,6 @@ func (vm *VM) cleanup() error {
 		}
 	})
 	return vm.cleanupErr
-}
-
-// RestoreSpec describes a snapshot restore into a fresh process.
-type RestoreSpec struct {
-	// ID is the instance id of the new process. Required.
-	ID string
-	// Dir is the VM's directory (created if missing). Required.
-	Dir string
-	// APISocket is the API socket path; empty means Dir/firecracker.sock.
-	APISocket string
-	// ConsolePath is the console file; empty means Dir/console.log.
-	ConsolePath string
-	// Logging configures the logger and metrics (not part of snapshots).
-	Logging LoggingSpec
-	// SnapshotPath is the vmstate file. Required.
-	SnapshotPath string
-	// MemFilePath is the guest memory file (File backend). Required.
-	MemFilePath string
-	// ResumeVM resumes the VM after loading; otherwise it stays Paused.
-	ResumeVM bool
-	// TrackDirtyPages enables dirty page tracking in the restored VM.
-	TrackDirtyPages bool
-	// ClockRealtime advances the guest clock by the elapsed wall time (x86).
-	ClockRealtime bool
-	// NetworkOverrides maps interface ids to new TAP names.
-	NetworkOverrides []firecracker.NetworkOverride
-	// VsockPath, when set, overrides the vsock host socket (vsock_override).
-	VsockPath string
-	// NetNS is the network namespace (path) the VMM runs in; empty means
-	// the caller's.
-	NetNS string
-	// Limits are the restored VMM's resource limits (the snapshot's
-	// vCPUs and memory; enforced under the jailer). Optional.
-	Limits *Limits
-}
-
-// Validate returns every problem of the spec, joined, or nil.
-func (s RestoreSpec) Validate() error {
-	var errs []error
-	if err := ValidateInstanceID(s.ID); err != nil {
-		errs = append(errs, err)
-	}
-	if s.Dir == "" {
-		errs = append(errs, errors.New("dir: required"))
-	}
-	if s.SnapshotPath == "" {
-		errs = append(errs, errors.New("snapshot path: required"))
-	}
-	if s.MemFilePath == "" {
-		errs = append(errs, errors.New("memory file path: required"))
-	}
-	for _, o := range s.NetworkOverrides {
-		if err := validateResourceID(o.IfaceID); err != nil {
-			errs = append(errs, fmt.Errorf("network override: %w", err))
-		}
-		if o.HostDevName == "" || len(o.HostDevName) > maxTAPName {
-			errs = append(errs, fmt.Errorf("network override %q: host device name must be 1..%d bytes", o.IfaceID, maxTAPName))
-		}
-	}
-	if len(s.VsockPath) > maxSocketPath {
-		errs = append(errs, fmt.Errorf("vsock path %q longer than %d bytes", s.VsockPath, maxSocketPath))
-	}
-	if s.Logging.Level != "" {
-		if err := ValidateLogLevel(s.Logging.Level); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("invalid restore spec: %w", err)
-	}
-	return nil
-}
-
-// Restore starts a fresh Firecracker process through launcher and loads a
-// snapshot into it (File memory backend). On failure the process (which
-// Firecracker ends itself after a failed load) is killed and reaped, its
-// sockets removed, and the error carries Firecracker's fault message.
-func Restore(ctx context.Context, launcher Launcher, spec RestoreSpec) (*VM, error) {
-	vs := VMSpec{Dir: spec.Dir, APISocket: spec.APISocket, ConsolePath: spec.ConsolePath}.withDefaults()
-	spec.APISocket, spec.ConsolePath = vs.APISocket, vs.ConsolePath
-	if err := spec.Validate(); err != nil {
-		return nil, fmt.Errorf("vmm: restore %s: %w", spec.ID, err)
-	}
-	if err := os.MkdirAll(spec.Dir, 0o750); err != nil {
-		return nil, fmt.Errorf("vmm: restore %s: %w", spec.ID, err)
-	}
-	if vsockPath := spec.VsockPath; vsockPath != "" {
-		if !filepath.IsAbs(vsockPath) {
-			vsockPath = filepath.Join(spec.Dir, vsockPath)
-		}
-		if err := removeSocket(vsockPath); err != nil {
-			return nil, fmt.Errorf("vmm: restore %s: removing stale vsock socket: %w", spec.ID, err)
-		}
-	}
-	var files []JailFile
-	for _, f := range []JailFile{{spec.SnapshotPath, "snapshot.vmstate"}, {spec.MemFilePath, "snapshot.mem"}} {
-		if filepath.IsAbs(f.HostPath) {
-			files = append(files, f)
-		}
-	}
-	vm, err := launch(ctx, launcher, LaunchRequest{
-		ID: spec.ID, Dir: spec.Dir, SocketPath: spec.APISocket, ConsolePath: spec.ConsolePath,
-		LogLevel: spec.Logging.Level, LogPath: spec.Logging.LogPath, MetricsPath: spec.Logging.MetricsPath,
-		NetNS: spec.NetNS, Limits: spec.Limits, Files: files,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("vmm: restore %s: %w", spec.ID, err)
-	}
-	vm.VsockPath = vm.hostPath(spec.VsockPath)
-	vm.trackDirtyPages = spec.TrackDirtyPages
-	if err := vm.load(ctx, spec); err != nil {
-		return nil, fmt.Errorf("vmm: restore %s: %w", spec.ID, vm.abort(ctx, err))
-	}
-	if err := vm.restrictJail(); err != nil {
-		return nil, fmt.Errorf("vmm: restore %s: %w", spec.ID, vm.abort(ctx, err))
-	}
-	return vm, nil
-}
-
-func (vm *VM) load(ctx context.Context, spec RestoreSpec) error {
-	snap, err := vm.paths(spec.SnapshotPath)
-	if err != nil {
-		return step("snapshot/load", err)
-	}
-	mem, err := vm.paths(spec.MemFilePath)
-	if err != nil {
-		return step("snapshot/load", err)
-	}
-	p := firecracker.SnapshotLoadParams{
-		SnapshotPath:     snap,
-		MemBackend:       firecracker.MemoryBackend{BackendType: firecracker.MemoryBackendFile, BackendPath: mem},
-		NetworkOverrides: spec.NetworkOverrides,
-	}
-	if spec.ResumeVM {
-		p.ResumeVM = firecracker.Bool(true)
-	}
-	if spec.TrackDirtyPages {
-		p.TrackDirtyPages = firecracker.Bool(true)
-	}
-	if spec.ClockRealtime {
-		p.ClockRealtime = firecracker.Bool(true)
-	}
-	if spec.VsockPath != "" {
-		v, err := vm.paths(spec.VsockPath)
-		if err != nil {
-			return step("snapshot/load", err)
-		}
-		p.VsockOverride = &firecracker.VsockOverride{UDSPath: v}
-	}
-	return step("snapshot/load", vm.Client.LoadSnapshot(ctx, p))
 }
 
 // Pause pauses the microVM (idempotent).
@@ -451,27 +311,55 @@ func (vm *VM) Resume(ctx context.Context) error {
 	return nil
 }
 
-// State returns the instance state from GET / .
-func (vm *VM) State(ctx context.Context) (firecracker.InstanceState, error) {
+// Describe returns what GET / reports: the instance id and state.
+func (vm *VM) Describe(ctx context.Context) (InstanceInfo, error) {
 	info, err := vm.Client.DescribeInstance(ctx)
 	if err != nil {
-		return "", fmt.Errorf("vmm: describe %s: %w", vm.ID, err)
+		return InstanceInfo{}, fmt.Errorf("vmm: describe %s: %w", vm.ID, err)
 	}
-	return info.State, nil
+	return InstanceInfo{ID: info.ID, State: info.State, VMMVersion: info.VMMVersion}, nil
 }
 
-// CreateSnapshot writes a snapshot of the paused VM; paths are host paths.
-// A Diff snapshot is refused unless the VM was started (or restored) with
-// dirty page tracking.
-func (vm *VM) CreateSnapshot(ctx context.Context, p firecracker.SnapshotCreateParams) error {
-	if p.SnapshotType == firecracker.SnapshotDiff && !vm.trackDirtyPages {
-		return fmt.Errorf("vmm: snapshot %s: %w", vm.ID, ErrDiffWithoutDirtyTracking)
+// State returns the instance state from GET / .
+func (vm *VM) State(ctx context.Context) (InstanceState, error) {
+	info, err := vm.Describe(ctx)
+	return info.State, err
+}
+
+// SnapshotSpec names the files of a snapshot; paths are host paths (for
+// a jailed VM: inside its jail's root).
+type SnapshotSpec struct {
+	// StatePath receives the microVM state (vmstate). Required.
+	StatePath string
+	// MemPath receives the guest memory. Required.
+	MemPath string
+	// Diff writes only the pages dirtied since the previous snapshot; the
+	// VM must have been started (or restored) with dirty page tracking.
+	Diff bool
+}
+
+// CreateSnapshot writes a snapshot of the paused VM. A Diff snapshot is
+// refused (ErrDiffWithoutDirtyTracking) unless the VM was started,
+// restored or adopted with dirty page tracking.
+func (vm *VM) CreateSnapshot(ctx context.Context, s SnapshotSpec) error {
+	if s.StatePath == "" || s.MemPath == "" {
+		return fmt.Errorf("vmm: snapshot %s: the state and memory paths are required", vm.ID)
+	}
+	if vm.paths == nil {
+		return fmt.Errorf("vmm: snapshot %s: the VM was not built by Start, Restore or Adopt", vm.ID)
+	}
+	p := firecracker.SnapshotCreateParams{SnapshotType: firecracker.SnapshotFull}
+	if s.Diff {
+		if !vm.trackDirtyPages {
+			return fmt.Errorf("vmm: snapshot %s: %w", vm.ID, ErrDiffWithoutDirtyTracking)
+		}
+		p.SnapshotType = firecracker.SnapshotDiff
 	}
 	var err error
-	if p.SnapshotPath, err = vm.paths(p.SnapshotPath); err != nil {
+	if p.SnapshotPath, err = vm.paths(s.StatePath); err != nil {
 		return fmt.Errorf("vmm: snapshot %s: %w", vm.ID, err)
 	}
-	if p.MemFilePath, err = vm.paths(p.MemFilePath); err != nil {
+	if p.MemFilePath, err = vm.paths(s.MemPath); err != nil {
 		return fmt.Errorf("vmm: snapshot %s: %w", vm.ID, err)
 	}
 	if err := vm.Client.CreateSnapshot(ctx, p); err != nil {
@@ -487,7 +375,7 @@ func (vm *VM) CreateSnapshot(ctx context.Context, p firecracker.SnapshotCreatePa
 func (vm *VM) Shutdown(ctx context.Context) (ExitStatus, error) {
 	if !vm.Process.Exited() {
 		graceful := func() error {
-			if st, err := vm.Client.DescribeInstance(ctx); err == nil && st.State == firecracker.StatePaused {
+			if st, err := vm.Client.DescribeInstance(ctx); err == nil && st.State == StatePaused {
 				if err := vm.Client.Resume(ctx); err != nil {
 					return err
 				}
@@ -518,16 +406,40 @@ func (vm *VM) Kill(ctx context.Context) (ExitStatus, error) {
 }
 
 // Wait waits for the process to end (guest reboot, Shutdown, Kill, crash)
-// or for ctx, then removes the sockets Firecracker leaves behind.
+// or for ctx, then removes the sockets Firecracker leaves behind (and the
+// launcher's leftovers, such as a jail).
+//
+// The status of a process that is not our child (an adopted VMM, or one
+// attached through the jailer's pid file) cannot be collected; for such a
+// process the code of the exit line Firecracker logs last is reported
+// instead, when LogPath holds one (ExitStatus.FromLog), read before the
+// cleanup removes anything. Without that line (killed by a signal, no log
+// file, a log level above Info after a clean exit) the status stays
+// unknown.
 func (vm *VM) Wait(ctx context.Context) (ExitStatus, error) {
 	st, err := vm.Process.Wait(ctx)
 	if err != nil {
 		return st, fmt.Errorf("vmm: wait %s: %w", vm.ID, err)
 	}
+	st = vm.exitStatus(st)
 	if err := vm.cleanup(); err != nil {
 		return st, fmt.Errorf("vmm: wait %s: %w", vm.ID, err)
 	}
 	return st, nil
+}
+
+// exitStatus settles the status of the ended process once: st, or, when
+// st is unknown, the code Firecracker logged as it exited.
+func (vm *VM) exitStatus(st ExitStatus) ExitStatus {
+	vm.exitOnce.Do(func() {
+		if !st.Known && vm.LogPath != "" {
+			if code, ok := exitCodeFromLog(vm.LogPath, vm.ID); ok {
+				st = ExitStatus{Code: code, Known: true, FromLog: true}
+			}
+		}
+		vm.exit = st
+	})
+	return vm.exit
 }
 
 // Close releases the VM's resources (client connections, pidfd) without

@@ -1,4 +1,4 @@
-package store
+package vmm
 
 import (
 	"os"
@@ -55,5 +55,26 @@ func TestParseStartTime(t *testing.T) {
 				t.Fatalf("parseStartTime = %d, %v; want %d, err %v", got, err, tt.want, tt.wantErr)
 			}
 		})
+	}
+}
+
+func TestHasInstanceID(t *testing.T) {
+	dir := t.TempDir()
+	vmmLike := startCmdIn(t, dir, "sh", "-c", "while :; do sleep 1; done", "sh", "--api-sock", "x", "--id", "1m8habcdefgh")
+	plain := startIn(t, dir)
+	tests := []struct {
+		pid  int
+		id   string
+		want bool
+	}{
+		{vmmLike, "1m8habcdefgh", true},
+		{vmmLike, "1m8hzzzzzzzz", false},
+		{plain, "1m8habcdefgh", false}, // works in the directory, is not its VMM
+		{1 << 30, "1m8habcdefgh", false},
+	}
+	for _, tt := range tests {
+		if got := HasInstanceID(tt.pid, tt.id); got != tt.want {
+			t.Errorf("HasInstanceID(%d, %s) = %v, want %v", tt.pid, tt.id, got, tt.want)
+		}
 	}
 }
