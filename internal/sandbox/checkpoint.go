@@ -145,25 +145,23 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 	if req.Diff {
 		memOut = filepath.Join(p.Dir, diffLayerName)
 	}
-	// Under the jailer Firecracker writes inside its chroot
-	// (/snapshot.vmstate, /snapshot.mem); the files are moved into the
-	// pending snapshot afterwards. Names left by a restore (links to
-	// another snapshot's files) are unlinked first, so that nothing is
-	// written through them.
-	stateWrite, memWrite := p.VMStatePath, memOut
-	if rec.Process.Jailed {
-		stateWrite = filepath.Join(rec.Process.Chroot, jailStateName)
-		memWrite = filepath.Join(rec.Process.Chroot, jailMemName)
-		for _, f := range []string{stateWrite, memWrite} {
-			if err := removeIfExists(f); err != nil {
-				return snapshot.Meta{}, checkpointError("preparing the jail", err)
-			}
-		}
-		defer func() {
-			_ = removeIfExists(stateWrite)
-			_ = removeIfExists(memWrite)
-		}()
+	// The VMM writes where its workspace says (in a jail: its chroot,
+	// after unlinking what a restore left there, so that nothing is
+	// written through a link to another snapshot's files); the files are
+	// then collected into the pending snapshot.
+	ws := mach.Workspace()
+	stateWrite, err := ws.Output(SnapshotStateName, p.VMStatePath)
+	if err != nil {
+		return snapshot.Meta{}, checkpointError("preparing the VMM's workspace", err)
 	}
+	memWrite, err := ws.Output(SnapshotMemName, memOut)
+	if err != nil {
+		return snapshot.Meta{}, checkpointError("preparing the VMM's workspace", err)
+	}
+	defer func() {
+		_ = ws.Discard(stateWrite)
+		_ = ws.Discard(memWrite)
+	}()
 
 	// From the pause to the resume: as little as possible.
 	createdAt := m.now()
@@ -221,13 +219,11 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 		return fail(fmt.Errorf("checkpoint: resume (the sandbox may be left paused): %w", resumeErr))
 	}
 
-	if rec.Process.Jailed {
-		if err := m.moveOut(ctx, stateWrite, p.VMStatePath); err != nil {
-			return fail(checkpointError("snapshot move", err))
-		}
-		if err := m.moveOut(ctx, memWrite, memOut); err != nil {
-			return fail(checkpointError("snapshot move", err))
-		}
+	if err := ws.Collect(ctx, stateWrite, p.VMStatePath, m.cloneDisk); err != nil {
+		return fail(checkpointError("snapshot move", err))
+	}
+	if err := ws.Collect(ctx, memWrite, memOut, m.cloneDisk); err != nil {
+		return fail(checkpointError("snapshot move", err))
 	}
 	if req.Diff {
 		// Make the stored memory file complete: the base's memory with the
@@ -428,48 +424,30 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 	id, dir, log := slot.id, slot.dir, slot.log
 	hw := meta.Hardware
 	limits := vmm.Limits{VCPUs: hw.VCPUs, MemoryMiB: hw.MemoryMiB}
-	proc := Process{
-		APISocket:   filepath.Join(dir, SocketName),
-		LogPath:     filepath.Join(dir, LogName),
-		MetricsPath: filepath.Join(dir, MetricsName),
-		ConsolePath: filepath.Join(dir, ConsoleName),
+	ws, err := slot.workspace(limits)
+	if err != nil {
+		return Sandbox{}, err
 	}
-	// Where Firecracker's relative paths resolve: the sandbox directory,
-	// or the jail's root.
-	fcDir := dir
-	var jail vmm.Jail
-	if m.jailer != nil {
-		if jail, err = slot.prepareJail(limits, &proc); err != nil {
-			return Sandbox{}, err
-		}
-		fcDir = jail.Root
-	}
-	diskPath := filepath.Join(fcDir, DiskName)
-	statePath := filepath.Join(fcDir, SnapshotStateName)
-	memPath := filepath.Join(fcDir, SnapshotMemName)
+	proc := processOf(ws)
+	proc.VsockPath = "" // unless the snapshot has a vsock device
+	diskPath := ws.Path(DiskName)
+	statePath := ws.Path(SnapshotStateName)
+	memPath := ws.Path(SnapshotMemName)
 	if err := m.cloneDisk(ctx, filepath.Join(meta.Dir, snapshot.DiskName), diskPath); err != nil {
 		return Sandbox{}, fmt.Errorf("restore: copying the snapshot's disk: %w", restoreCopyError(ctx, err))
 	}
-	for _, f := range []struct{ src, dst string }{
-		{filepath.Join(meta.Dir, snapshot.VMStateName), statePath},
-		{filepath.Join(meta.Dir, snapshot.MemName), memPath},
-	} {
-		// A jail gets its own copies (reflinks where possible): they are
-		// chowned to the jail's user, which must never own the catalog's
-		// files. Unjailed VMMs run as root and share them by hard link.
-		place := m.linkOrCopy
-		if m.jailer != nil {
-			place = m.cloneDisk
-		}
-		if err := place(ctx, f.src, f.dst); err != nil {
-			return Sandbox{}, fmt.Errorf("restore: %w", restoreCopyError(ctx, err))
-		}
+	if err := ws.Own(diskPath); err != nil {
+		return Sandbox{}, fmt.Errorf("restore: %w", err)
 	}
-	if m.jailer != nil {
-		for _, f := range []string{diskPath, statePath, memPath} {
-			if err := ownByJail(jail, f); err != nil {
-				return Sandbox{}, fmt.Errorf("restore: giving %s to the jail: %w", filepath.Base(f), err)
-			}
+	// Unjailed VMMs share the catalog's (read-only) memory and state files
+	// by hard link; a jail gets its own copies (reflinks where possible),
+	// owned by the jail's user, which must never own the catalog's files.
+	for _, f := range []struct{ src, name string }{
+		{filepath.Join(meta.Dir, snapshot.VMStateName), SnapshotStateName},
+		{filepath.Join(meta.Dir, snapshot.MemName), SnapshotMemName},
+	} {
+		if err := ws.Place(ctx, f.src, f.name, true, m.cloneDisk); err != nil {
+			return Sandbox{}, fmt.Errorf("restore: %w", restoreCopyError(ctx, err))
 		}
 	}
 	unpin() // the sandbox no longer reads the catalog's files
@@ -498,7 +476,7 @@ func (m *Manager) Restore(ctx context.Context, req RestoreRequest) (_ Sandbox, e
 	if meta.Vsock != nil {
 		// The snapshot's relative socket path would resolve in this
 		// directory anyway; the override makes it explicit.
-		rec.Process.VsockPath = filepath.Join(fcDir, VsockName)
+		rec.Process.VsockPath = ws.VsockPath
 		spec.VsockPath = VsockName
 	}
 	if meta.Network != nil {
@@ -529,19 +507,6 @@ func restoreCopyError(ctx context.Context, err error) error {
 		return ctx.Err()
 	}
 	return err
-}
-
-// linkOrCopy hard-links src to dst, or copies it when linking fails (e.g.
-// across filesystems).
-func (m *Manager) linkOrCopy(ctx context.Context, src, dst string) error {
-	lerr := os.Link(src, dst)
-	if lerr == nil {
-		return nil
-	}
-	if err := m.cloneDisk(ctx, src, dst); err != nil {
-		return fmt.Errorf("linking (%v) or copying %s: %w", lerr, src, err)
-	}
-	return nil
 }
 
 // ListSnapshots lists snapshots, all or of one sandbox (which need not

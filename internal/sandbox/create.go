@@ -40,22 +40,15 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	defer func() { slot.release(registered) }()
 	id, dir, log := slot.id, slot.dir, slot.log
 	m.crash(CrashCreateDir)
-	proc := Process{
-		APISocket:   filepath.Join(dir, SocketName),
-		LogPath:     filepath.Join(dir, LogName),
-		MetricsPath: filepath.Join(dir, MetricsName),
-		ConsolePath: filepath.Join(dir, ConsoleName),
-		VsockPath:   filepath.Join(dir, VsockName),
+	limits := vmm.Limits{VCPUs: p.vcpus, MemoryMiB: p.memoryMiB}
+	ws, err := slot.workspace(limits)
+	if err != nil {
+		return Sandbox{}, err
 	}
-	diskPath := filepath.Join(dir, DiskName)
-	var jail vmm.Jail
-	if m.jailer != nil {
-		// The disk is cloned straight into the chroot.
-		if jail, err = slot.prepareJail(vmm.Limits{VCPUs: p.vcpus, MemoryMiB: p.memoryMiB}, &proc); err != nil {
-			return Sandbox{}, err
-		}
-		diskPath = jail.HostPath(DiskName)
-	}
+	proc := processOf(ws)
+	// The disk is cloned straight to where the VMM reads it (its chroot
+	// under the jailer), from the descriptor that was checked.
+	diskPath := ws.Path(DiskName)
 	method, err := disk.CloneFile(ctx, p.rootfsFile, diskPath, disk.Options{NoSync: true})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -63,10 +56,8 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		}
 		return Sandbox{}, fmt.Errorf("create: copying the rootfs: %w", err)
 	}
-	if m.jailer != nil {
-		if err := ownByJail(jail, diskPath); err != nil {
-			return Sandbox{}, fmt.Errorf("create: giving the disk to the jail: %w", err)
-		}
+	if err := ws.Own(diskPath); err != nil {
+		return Sandbox{}, fmt.Errorf("create: %w", err)
 	}
 	log.Debug("rootfs copied", "source", p.rootfs, "disk", diskPath, "method", string(method))
 	m.crash(CrashCreateDisk)
@@ -101,7 +92,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		spec.NetNS = att.NetnsPath
 		rec.Hardware.BootArgs = spec.BootArgs
 	}
-	inst := newInstance(rec, log, vmm.Limits{VCPUs: p.vcpus, MemoryMiB: p.memoryMiB})
+	inst := newInstance(rec, log, limits)
 	attrs := map[string]string{"vcpus": strconv.Itoa(p.vcpus), "memory_mib": strconv.Itoa(p.memoryMiB)}
 	out, registered, err := m.startNew(ctx, inst, ActionCreated, "boot", attrs, CrashCreateRecorded,
 		func(ctx context.Context) (machine, error) { return m.rt.Start(ctx, spec) })
@@ -189,18 +180,19 @@ func (m *Manager) startNew(ctx context.Context, inst *instance, action, what str
 type startFunc func(ctx context.Context) (machine, error)
 
 // slot is a sandbox being created: a place under the sandbox cap, an id, a
-// fresh directory and, as they are prepared, its jail and network. Until
-// the registry takes the sandbox over, release undoes all of them.
+// fresh directory and, as they are prepared, its workspace (a jail) and
+// its network. Until the registry takes the sandbox over, release undoes
+// all of them.
 type slot struct {
 	m   *Manager
 	op  string // "create" or "restore", in errors
 	id  string
 	dir string
 	log *slog.Logger
-	// jailLimits is set once a jail was (being) prepared; networked once
-	// the network is attached.
-	jailLimits *vmm.Limits
-	networked  bool
+	// wsLimits is set once a workspace was (being) prepared; networked
+	// once the network is attached.
+	wsLimits  *vmm.Limits
+	networked bool
 }
 
 // claimSlot reserves a place under the cap, picks an id and creates the
@@ -224,15 +216,28 @@ func (m *Manager) claimSlot(op string) (*slot, error) {
 	return s, nil
 }
 
-// prepareJail creates the sandbox's chroot and fills in proc for it (see
-// Manager.prepareJail).
-func (s *slot) prepareJail(limits vmm.Limits, proc *Process) (vmm.Jail, error) {
-	s.jailLimits = &limits
-	j, err := s.m.prepareJail(s.id, limits, proc)
+// workspace prepares where the sandbox's VMM finds its files (the
+// sandbox directory, or a jail) and returns it with the process record
+// that goes with it.
+func (s *slot) workspace(limits vmm.Limits) (vmm.Workspace, error) {
+	s.wsLimits = &limits
+	ws, err := s.m.place.Workspace(s.id, s.dir, limits)
 	if err != nil {
-		return vmm.Jail{}, fmt.Errorf("%s: preparing the jail: %w", s.op, err)
+		return vmm.Workspace{}, fmt.Errorf("%s: preparing the VMM's workspace: %w", s.op, err)
 	}
-	return j, nil
+	return ws, nil
+}
+
+// processOf returns the process record of a VMM whose files live in ws.
+func processOf(ws vmm.Workspace) Process {
+	p := Process{
+		APISocket: ws.APISocket, LogPath: ws.LogPath, MetricsPath: ws.MetricsPath,
+		ConsolePath: ws.ConsolePath, VsockPath: ws.VsockPath,
+	}
+	if ws.Jail != nil {
+		p.Jailed, p.Chroot, p.UID, p.GID, p.Cgroup = true, ws.Root, ws.UID, ws.GID, ws.Cgroup
+	}
+	return p
 }
 
 // record returns the new sandbox's record in StateStarting, created now,
@@ -260,7 +265,7 @@ func (s *slot) attachNetwork(ctx context.Context) (network.Attachment, error) {
 	return att, nil
 }
 
-// release undoes claimSlot, prepareJail and attachNetwork unless the
+// release undoes claimSlot, workspace and attachNetwork unless the
 // sandbox was registered (the registry then owns all of it).
 func (s *slot) release(registered bool) {
 	if registered {
@@ -271,9 +276,9 @@ func (s *slot) release(registered bool) {
 			s.log.Error("releasing the network of a failed "+s.op, "error", err)
 		}
 	}
-	if s.jailLimits != nil {
-		if err := s.m.jailer.Cleanup(s.id, *s.jailLimits); err != nil {
-			s.log.Error("removing the jail of a failed "+s.op, "error", err)
+	if s.wsLimits != nil {
+		if err := s.m.place.ReleaseWorkspace(s.id, *s.wsLimits); err != nil {
+			s.log.Error("removing the workspace of a failed "+s.op, "error", err)
 		}
 	}
 	_ = os.RemoveAll(s.dir)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
@@ -42,6 +43,7 @@ type fakeRuntime struct {
 
 // fakeFaults are the failures fake machines inject.
 type fakeFaults struct {
+	adoptErr    error // Adopt fails with this error
 	restoreErr  error // Restore fails with this error
 	pauseErr    error // Pause fails with this error
 	snapshotErr error // CreateSnapshot fails with this error
@@ -109,7 +111,7 @@ func (r *fakeRuntime) Restore(ctx context.Context, spec vmm.RestoreSpec) (machin
 	if _, err := os.Stat(filepath.Join(spec.Dir, DiskName)); err != nil {
 		return nil, fmt.Errorf("fake restore: disk: %w", err)
 	}
-	m := &fakeMachine{pid: pid, done: make(chan struct{}), ignoreCAD: r.ignoreCAD, rt: r, memoryMiB: st.MemoryMiB}
+	m := r.newMachine(spec.ID, spec.Dir, pid, st.MemoryMiB)
 	r.mu.Lock()
 	r.machines = append(r.machines, m)
 	r.mu.Unlock()
@@ -132,7 +134,7 @@ func (r *fakeRuntime) Start(ctx context.Context, spec vmm.VMSpec) (machine, erro
 	if r.startErr != nil {
 		return nil, r.startErr
 	}
-	m := &fakeMachine{pid: pid, done: make(chan struct{}), ignoreCAD: r.ignoreCAD, rt: r, memoryMiB: spec.MemoryMiB}
+	m := r.newMachine(spec.ID, spec.Dir, pid, spec.MemoryMiB)
 	if r.exitAfter > 0 {
 		st := r.exitWith
 		m.timer = time.AfterFunc(r.exitAfter, func() { m.exit(st) })
@@ -141,6 +143,57 @@ func (r *fakeRuntime) Start(ctx context.Context, spec vmm.VMSpec) (machine, erro
 	r.machines = append(r.machines, m)
 	r.mu.Unlock()
 	return m, nil
+}
+
+// newMachine returns a running fake machine (not yet listed).
+func (r *fakeRuntime) newMachine(id, dir string, pid, memoryMiB int) *fakeMachine {
+	return &fakeMachine{id: id, dir: dir, pid: pid, startTime: uint64(pid) * 1000, done: make(chan struct{}),
+		ignoreCAD: r.ignoreCAD, rt: r, memoryMiB: memoryMiB}
+}
+
+// Adopt finds the running fake machine spec names and checks its identity
+// the way vmm.Adopt does: same pid, same start time, same instance id.
+func (r *fakeRuntime) Adopt(_ context.Context, spec vmm.AdoptSpec) (machine, error) {
+	r.record("adopt")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.faults.adoptErr; err != nil {
+		return nil, err
+	}
+	for _, m := range r.machines {
+		if m.pid != spec.PID {
+			continue
+		}
+		select {
+		case <-m.done:
+			continue
+		default:
+		}
+		if m.startTime != spec.PIDStartTime || m.id != spec.ID {
+			return nil, fmt.Errorf("fake adopt: pid %d (id %q, start %d) is not %s started at %d: %w",
+				m.pid, m.id, m.startTime, spec.ID, spec.PIDStartTime, vmm.ErrIdentityMismatch)
+		}
+		if m.dir != spec.Dir {
+			return nil, fmt.Errorf("fake adopt: %s runs in %s, not %s", m.id, m.dir, spec.Dir)
+		}
+		return m, nil
+	}
+	return nil, fmt.Errorf("fake adopt: no process %d: %w", spec.PID, errdefs.ErrNotFound)
+}
+
+// reusePid makes the running machine of sandbox id look like another
+// process that got the same pid: its start time and id change.
+func (r *fakeRuntime) reusePid(id string) *fakeMachine {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range r.machines {
+		if m.id == id {
+			m.startTime++
+			m.id = "someone-else"
+			return m
+		}
+	}
+	return nil
 }
 
 // live counts machines that have not exited.
@@ -159,7 +212,10 @@ func (r *fakeRuntime) live() int {
 }
 
 type fakeMachine struct {
+	id        string
+	dir       string
 	pid       int
+	startTime uint64 // a fake process start time: pid * 1000
 	done      chan struct{}
 	ignoreCAD bool
 	timer     *time.Timer
@@ -262,7 +318,32 @@ func (m *fakeMachine) status() vmm.ExitStatus {
 	return m.st
 }
 
-func (m *fakeMachine) Pid() int              { return m.pid }
+func (m *fakeMachine) Pid() int          { return m.pid }
+func (m *fakeMachine) StartTime() uint64 { return m.startTime }
+
+// Workspace lays the machine out as an unjailed VMM in its directory.
+func (m *fakeMachine) Workspace() vmm.Workspace {
+	ws, err := (&vmm.DirectLauncher{}).Workspace(m.id, m.dir, vmm.Limits{})
+	if err != nil {
+		panic(err)
+	}
+	return ws
+}
+
+// Describe answers like GET /: the machine's id and state.
+func (m *fakeMachine) Describe(context.Context) (vmm.InstanceInfo, error) {
+	select {
+	case <-m.done:
+		return vmm.InstanceInfo{}, errors.New("fake describe: the VMM has exited")
+	default:
+	}
+	st := vmm.StateRunning
+	if m.isPaused() {
+		st = vmm.StatePaused
+	}
+	return vmm.InstanceInfo{ID: m.id, State: st}, nil
+}
+
 func (m *fakeMachine) Close() error          { return nil }
 func (m *fakeMachine) Done() <-chan struct{} { return m.done }
 
@@ -413,6 +494,9 @@ func newTestEnv(t *testing.T, dataDir string, rt runtime, mutate func(*Config)) 
 	if mutate != nil {
 		mutate(&cfg)
 	}
+	if rt != nil && cfg.Launcher == nil {
+		cfg.Launcher = nopLauncher{&vmm.DirectLauncher{}}
+	}
 	var err error
 	if rt == nil {
 		e.m, err = New(cfg)
@@ -488,9 +572,9 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// nopLauncher is a Launcher that is never expected to run (its other
-// methods are not expected to be called).
-type nopLauncher struct{ vmm.Launcher }
+// nopLauncher is a Launcher that never launches (the fake runtime stands in
+// for it); it places files as an unjailed launcher does.
+type nopLauncher struct{ *vmm.DirectLauncher }
 
 func (nopLauncher) Launch(context.Context, vmm.LaunchRequest) (*vmm.Launched, error) {
 	return nil, errors.New("nopLauncher: not for launching")

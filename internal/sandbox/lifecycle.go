@@ -44,7 +44,7 @@ func (m *Manager) watch(ctx context.Context, inst *instance, mach machine) {
 	attrs := exitAttrs(st)
 	// A re-adopted VMM has no launcher cleanup attached: remove its jail
 	// here (idempotent for a VMM whose own cleanup already did).
-	if err := m.releaseJail(inst.id, inst.limits); err != nil {
+	if err := m.place.ReleaseWorkspace(inst.id, inst.limits); err != nil {
 		attrs["error"] = err.Error()
 	}
 	inst.mu.Lock()
@@ -87,11 +87,7 @@ func (m *Manager) boot(ctx context.Context, inst *instance, what string, startVM
 	var jailErr error
 	if err != nil {
 		// Nothing runs: the jail goes (a failed launch removed it already).
-		jailErr = m.releaseJail(inst.id, inst.limits)
-	}
-	var pidStart uint64
-	if err == nil {
-		pidStart, _ = vmm.ProcessStartTime(mach.Pid())
+		jailErr = m.place.ReleaseWorkspace(inst.id, inst.limits)
 	}
 	inst.mu.Lock()
 	if inst.rec.State != StateStarting {
@@ -118,7 +114,7 @@ func (m *Manager) boot(ctx context.Context, inst *instance, what string, startVM
 	inst.vm = mach
 	inst.rec.ReadyAt = m.now()
 	inst.rec.Process.PID = mach.Pid()
-	inst.pidStart = pidStart
+	inst.pidStart = mach.StartTime()
 	ready := inst.rec.ReadyAt.Sub(start)
 	m.transitionLocked(inst, StateReady, ActionReady, map[string]string{
 		"pid": strconv.Itoa(mach.Pid()), what + "_ms": strconv.FormatInt(ready.Milliseconds(), 10),

@@ -37,8 +37,9 @@ type Manager struct {
 	// snapshots is set when Config.Snapshots was given; without a catalog
 	// listing snapshots is a FailedPrecondition, like taking one.
 	snapshots bool
-	// jailer is Config.Launcher when it jails VMMs, else nil.
-	jailer Jailer
+	// place is Config.Launcher's placement of VMM files (directory or
+	// jail).
+	place placement
 
 	// baseCtx parents every background goroutine's context; it is
 	// cancelled at the end of Shutdown.
@@ -133,11 +134,10 @@ func newManager(cfg Config, rt runtime) (*Manager, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	jailer, _ := cfg.Launcher.(Jailer)
 	return &Manager{
 		networked:    networked,
 		snapshots:    snapshots,
-		jailer:       jailer,
+		place:        cfg.Launcher,
 		cfg:          cfg,
 		rt:           rt,
 		events:       cfg.Events,

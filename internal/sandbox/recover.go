@@ -2,55 +2,55 @@ package sandbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
+	"sync"
 	"time"
 
-	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
-	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
-	"github.com/firecracker-vmm/firecracker-vmm/internal/firecracker"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/store"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
-// adoptTimeout bounds the check of one recorded VMM's API socket.
-const adoptTimeout = 3 * time.Second
+// Recovery bounds.
+const (
+	// adoptTimeout bounds the adoption of one recorded VMM (identity
+	// checks, GET /, and the resume of a VM an interrupted checkpoint left
+	// paused).
+	adoptTimeout = 3 * time.Second
+	// adoptParallelism bounds how many recorded VMMs are adopted at once:
+	// a host of VMMs that do not answer costs adoptTimeout per this many,
+	// not per VMM.
+	adoptParallelism = 64
+)
 
 // reasonDiedWhileDown is the failure reason of a sandbox whose VMM was gone
 // when the daemon started again.
 const reasonDiedWhileDown = "the VMM died while the daemon was down"
 
-// Recover reloads the registry from Config.Store; the daemon calls it once,
-// before serving. Each sandbox whose VMM still runs (same pid, same process
-// start time, and its API socket answers GET / with the sandbox's id) is
-// re-adopted in its recorded state and watched again; one left paused by an
-// interrupted checkpoint is resumed. A sandbox whose VMM is gone moves to
-// stopped (failed if it was starting) with an event; like any stopped
-// sandbox it keeps its record, directory and address until the user
-// removes it. A removal that was under way is finished. TTLs are re-armed
-// with the time left, and sandboxes whose TTL ran out meanwhile are
-// removed. Leases are taken back, and what no record owns is removed, each
+// Recover reloads the registry from Config.Store; the daemon calls it once
+// at start, while it answers every other call UNAVAILABLE. Each sandbox
+// whose VMM still runs is re-adopted through the runtime's Adopt, the same
+// seam Start and Restore use (pid, process start time, --id and the API
+// socket's instance id must all match), in its recorded state, and
+// watched again; one left paused by an interrupted checkpoint is resumed.
+// VMMs are adopted concurrently (adoptParallelism at a time, each bounded
+// by adoptTimeout). A sandbox whose VMM is gone moves to stopped (failed
+// if it was starting) with an event; like any stopped sandbox it keeps its
+// record, directory and address until the user removes it. A removal that
+// was under way is finished. TTLs are re-armed with the time left, and
+// sandboxes whose TTL ran out meanwhile are removed. Address leases are
+// taken back from the records, and what no record owns is removed, each
 // logged: VMM processes running in a sandbox directory or jail (a boot the
-// daemon died in), sandbox directories, namespaces and jails. Without a
-// store Recover does nothing.
+// daemon died in), sandbox directories, namespaces and jails.
 func (m *Manager) Recover(ctx context.Context) error {
 	recs, err := m.cfg.Store.ListSandboxes(ctx)
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
 	known := map[string]bool{}
-	type found struct {
-		rec  store.SandboxRecord
-		mach machine
-	}
-	var live []found
-	var removing []store.SandboxRecord
-	keep := map[int]bool{}
+	var live, removing []store.SandboxRecord
 	for _, r := range recs {
 		if !ValidID(r.ID) {
 			m.log.Error("ignoring a stored sandbox with an invalid id", "sandbox", r.ID)
@@ -59,23 +59,16 @@ func (m *Manager) Recover(ctx context.Context) error {
 		known[r.ID] = true
 		if r.Removing {
 			removing = append(removing, r)
-			continue
+		} else {
+			live = append(live, r)
 		}
-		f := found{rec: r}
-		switch state := State(r.State); {
-		case !state.Final() && r.Process.PID > 0:
-			if f.mach, err = m.adopt(ctx, r); err != nil {
-				m.log.Warn("the recorded VMM is gone", "sandbox", r.ID, "pid", r.Process.PID, "error", err)
-			}
-		case state == StateStarting:
-			if f.mach, err = m.adoptBooted(ctx, r); err != nil {
-				m.log.Warn("the boot the daemon died in did not finish", "sandbox", r.ID, "error", err)
-			}
+	}
+	machs := m.adoptAll(ctx, live)
+	keep := map[int]bool{}
+	for _, mach := range machs {
+		if mach != nil {
+			keep[mach.Pid()] = true
 		}
-		if f.mach != nil {
-			keep[f.mach.Pid()] = true
-		}
-		live = append(live, f)
 	}
 	// Before any jail or directory goes: no VMM runs in it any more.
 	m.killStrayVMMs(ctx, keep)
@@ -83,8 +76,8 @@ func (m *Manager) Recover(ctx context.Context) error {
 		m.finishRemoval(ctx, r)
 	}
 	var expired []string
-	for _, f := range live {
-		inst := m.recoverOne(ctx, f.rec, f.mach)
+	for i, r := range live {
+		inst := m.recoverOne(ctx, r, machs[i])
 		inst.mu.Lock()
 		if !inst.rec.ExpiresAt.IsZero() {
 			left := inst.rec.ExpiresAt.Sub(m.now())
@@ -105,94 +98,115 @@ func (m *Manager) Recover(ctx context.Context) error {
 	return nil
 }
 
-// killStrayVMMs kills every VMM process whose pid is not in keep (the
-// re-adopted VMMs): a VMM whose boot the daemon died in, or one that no
-// longer answers for its sandbox. VMMs are the processes working in a
-// sandbox directory whose command line carries "--id <that sandbox>" and,
-// under the jailer, the processes in a jail's cgroups.
-func (m *Manager) killStrayVMMs(ctx context.Context, keep map[int]bool) {
-	match := func(pid int, cwd string) bool {
-		id := filepath.Base(cwd)
-		return filepath.Dir(cwd) == m.sandboxesDir && ValidID(id) && vmm.HasInstanceID(pid, id)
-	}
-	killed, err := vmm.KillStrays(ctx, match, keep)
-	for pid, cwd := range killed {
-		m.log.Warn("killed a VMM process no sandbox owns", "pid", pid, "dir", cwd)
-	}
-	if err != nil {
-		m.log.Error("killing stray VMM processes", "error", err)
-	}
-	for _, id := range m.jailIDs() {
-		pids, err := m.jailer.Processes(id)
-		if err != nil {
-			m.log.Error("listing the processes of a jail", "sandbox", id, "error", err)
+// adoptAll adopts the VMM of each record that should have one, at most
+// adoptParallelism at a time; machs[i] is recs[i]'s machine, nil when none
+// runs (or none could be adopted).
+func (m *Manager) adoptAll(ctx context.Context, recs []store.SandboxRecord) []machine {
+	machs := make([]machine, len(recs))
+	sem := make(chan struct{}, adoptParallelism)
+	var wg sync.WaitGroup
+	for i, r := range recs {
+		state := State(r.State)
+		var adopt func(context.Context, store.SandboxRecord) (machine, error)
+		switch {
+		case !state.Final() && r.Process.PID > 0:
+			adopt = m.adoptRecorded
+		case state == StateStarting:
+			adopt = m.adoptBooted
+		default:
 			continue
 		}
-		for _, pid := range pids {
-			if keep[pid] {
-				continue
-			}
-			inJail := func(pid int) bool {
-				now, err := m.jailer.Processes(id)
-				return err == nil && slices.Contains(now, pid)
-			}
-			kctx, cancel := context.WithTimeout(ctx, adoptTimeout)
-			err := vmm.KillVerified(kctx, pid, inJail)
-			cancel()
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			actx, cancel := context.WithTimeout(ctx, adoptTimeout)
+			defer cancel()
+			mach, err := adopt(actx, r)
 			if err != nil {
-				m.log.Error("killing a stray jailed VMM", "sandbox", id, "pid", pid, "error", err)
-				continue
+				m.log.Warn("no VMM to re-adopt", "sandbox", r.ID, "state", r.State, "pid", r.Process.PID, "error", err)
+				return
 			}
-			m.log.Warn("killed a jailed VMM process no sandbox owns", "sandbox", id, "pid", pid)
-		}
+			machs[i] = mach
+		})
+	}
+	wg.Wait()
+	return machs
+}
+
+// adoptSpec is what r knows of its VMM. The VMM's own directory is derived
+// from the id, never taken from the record.
+func (m *Manager) adoptSpec(r store.SandboxRecord, pid int, startTime uint64) vmm.AdoptSpec {
+	return vmm.AdoptSpec{
+		ID: r.ID, PID: pid, PIDStartTime: startTime, Dir: filepath.Join(m.sandboxesDir, r.ID),
+		APISocket: r.Process.APISocket, ConsolePath: r.Process.ConsolePath, LogPath: r.Process.LogPath,
+		MetricsPath: r.Process.MetricsPath, VsockPath: r.Process.VsockPath,
+		TrackDirtyPages: r.Hardware.TrackDirtyPages,
+		Limits:          &vmm.Limits{VCPUs: r.Hardware.VCPUs, MemoryMiB: r.Hardware.MemoryMiB},
 	}
 }
 
-// jailIDs lists the sandbox ids that have a jail directory (none without a
-// jailer).
-func (m *Manager) jailIDs() []string {
-	if m.jailer == nil {
-		return nil
-	}
-	dir, err := m.jailer.JailsDir()
+// adoptRecorded re-adopts the VMM r records (pid and start time); a VM
+// that an interrupted checkpoint left paused is resumed.
+func (m *Manager) adoptRecorded(ctx context.Context, r store.SandboxRecord) (machine, error) {
+	mach, err := m.rt.Adopt(ctx, m.adoptSpec(r, r.Process.PID, r.Process.PIDStartTime))
 	if err != nil {
-		m.log.Error("finding the jails directory", "error", err)
-		return nil
+		return nil, err
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			m.log.Error("listing jails", "dir", dir, "error", err)
-		}
-		return nil
+	if _, err := m.resumeAdopted(ctx, r, mach); err != nil {
+		_ = mach.Close()
+		return nil, err
 	}
-	var ids []string
-	for _, e := range entries {
-		if e.IsDir() && ValidID(e.Name()) {
-			ids = append(ids, e.Name())
-		}
-	}
-	return ids
+	return mach, nil
 }
 
-// finishRemoval completes a removal the daemon died in: it releases what
-// the sandbox held, deletes its record and publishes the removed event.
-func (m *Manager) finishRemoval(ctx context.Context, r store.SandboxRecord) {
-	log := m.log.With("sandbox", r.ID)
-	limits := vmm.Limits{VCPUs: r.Hardware.VCPUs, MemoryMiB: r.Hardware.MemoryMiB}
-	if err := m.releaseAll(ctx, r.ID, limits, r.Dir); err != nil {
-		log.Error("finishing an interrupted removal", "error", err)
-		return // the record stays; the next start tries again
+// adoptBooted looks for the VMM of a sandbox recorded as starting: a boot
+// (or restore) that finished while the daemon died, before its pid was
+// recorded. The VMM is the one process the launcher finds for the sandbox
+// (working in its directory with its --id, or in its jail's cgroups); it
+// is adopted when it answers with the sandbox's id and a running VM.
+// Anything else is left to killStrayVMMs.
+func (m *Manager) adoptBooted(ctx context.Context, r store.SandboxRecord) (machine, error) {
+	pids, err := m.place.FindVMMs(r.ID, filepath.Join(m.sandboxesDir, r.ID))
+	if err != nil {
+		return nil, err
 	}
-	if err := m.cfg.Store.DeleteSandbox(ctx, r.ID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-		log.Error("deleting the record of a removed sandbox", "error", err)
-		return
+	if len(pids) != 1 {
+		return nil, fmt.Errorf("%d VMM processes found, want 1", len(pids))
 	}
-	m.events.Publish(events.Event{
-		SandboxID: r.ID, Action: ActionRemoved, State: r.State, Time: m.now(),
-		Attributes: map[string]string{"reason": "removal finished after a daemon restart"},
-	})
-	log.Warn("finished a removal the daemon was interrupted in")
+	st, err := vmm.ProcessStartTime(pids[0])
+	if err != nil {
+		return nil, err
+	}
+	mach, err := m.rt.Adopt(ctx, m.adoptSpec(r, pids[0], st))
+	if err != nil {
+		return nil, err
+	}
+	state, err := m.resumeAdopted(ctx, r, mach)
+	if err == nil && state != vmm.StateRunning {
+		err = fmt.Errorf("pid %d: the VM is %q, not running: its boot did not finish", pids[0], state)
+	}
+	if err != nil {
+		_ = mach.Close()
+		return nil, err
+	}
+	return mach, nil
+}
+
+// resumeAdopted resumes an adopted VM that an interrupted checkpoint left
+// paused (unless r was starting or stopping) and returns the VM's state.
+func (m *Manager) resumeAdopted(ctx context.Context, r store.SandboxRecord, mach machine) (vmm.InstanceState, error) {
+	info, err := mach.Describe(ctx)
+	if err != nil {
+		return "", err
+	}
+	if info.State != vmm.StatePaused || State(r.State) == StateStarting || State(r.State) == StateStopping {
+		return info.State, nil
+	}
+	if err := mach.Resume(ctx); err != nil {
+		return info.State, fmt.Errorf("resuming the VM an interrupted checkpoint left paused: %w", err)
+	}
+	m.log.Warn("resumed a VM an interrupted checkpoint had left paused", "sandbox", r.ID, "pid", mach.Pid())
+	return vmm.StateRunning, nil
 }
 
 // recoverOne registers the sandbox of one record; mach is its re-adopted
@@ -204,6 +218,9 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 		rec: sandboxOf(r), limits: vmm.Limits{VCPUs: r.Hardware.VCPUs, MemoryMiB: r.Hardware.MemoryMiB},
 		pidStart: r.Process.PIDStartTime,
 	}
+	// Paths the daemon acts on are derived from the id, never taken from
+	// the record.
+	inst.rec.Dir = filepath.Join(m.sandboxesDir, r.ID)
 	if r.Network.IP != "" {
 		if ip, err := netip.ParseAddr(r.Network.IP); err != nil {
 			log.Error("stored address", "ip", r.Network.IP, "error", err)
@@ -224,10 +241,6 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 		attrs = exitAttrs(st)
 		attrs["reason"] = "the daemon stopped during a stop; the VMM was killed"
 	}
-	var pidStart uint64
-	if live && state == StateStarting {
-		pidStart, _ = vmm.ProcessStartTime(mach.Pid())
-	}
 
 	inst.mu.Lock()
 	m.mu.Lock()
@@ -244,7 +257,7 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 			// The boot finished while the daemon died: record it now.
 			inst.rec.ReadyAt = m.now()
 			inst.rec.Process.PID = mach.Pid()
-			inst.pidStart = pidStart
+			inst.pidStart = mach.StartTime()
 			m.transitionLocked(inst, StateReady, ActionReady, map[string]string{
 				"pid": strconv.Itoa(mach.Pid()), "reason": "the boot finished while the daemon was down",
 			})
@@ -285,158 +298,9 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 	m.flushLogged(ctx, inst)
 	// The network stays held, as for any stopped sandbox: Remove releases
 	// it together with the record and its lease.
-	if err := m.releaseJail(inst.id, inst.limits); err != nil {
+	if err := m.place.ReleaseWorkspace(inst.id, inst.limits); err != nil {
 		log.Error("removing the jail of a dead sandbox", "error", err)
 	}
 	log.Warn("sandbox's VMM died while the daemon was down", "was", string(state), "now", string(to))
 	return inst
-}
-
-// adopt re-attaches a recorded VMM: its pid must be alive with the recorded
-// start time, and its API socket must answer GET / with the sandbox's id.
-func (m *Manager) adopt(ctx context.Context, r store.SandboxRecord) (machine, error) {
-	pid := r.Process.PID
-	st, err := vmm.ProcessStartTime(pid)
-	if err != nil {
-		return nil, err
-	}
-	if st != r.Process.PIDStartTime {
-		return nil, fmt.Errorf("pid %d was reused (start time %d, recorded %d)", pid, st, r.Process.PIDStartTime)
-	}
-	mach, _, err := m.attach(ctx, r, pid)
-	return mach, err
-}
-
-// adoptBooted looks for the VMM of a sandbox recorded as starting: a boot
-// (or restore) that finished while the daemon died, before its pid was
-// recorded. The VMM is the one process working in the sandbox's directory
-// (or, jailed, in its jail's cgroups); it is adopted when its API socket answers with the
-// sandbox's id and a running VM. Anything else is left to killStrayVMMs.
-func (m *Manager) adoptBooted(ctx context.Context, r store.SandboxRecord) (machine, error) {
-	dir := r.Dir
-	if r.Process.Jailed {
-		dir = r.Process.Chroot
-	}
-	if dir == "" {
-		return nil, errors.New("no directory recorded")
-	}
-	var pids []int
-	var err error
-	if r.Process.Jailed && m.jailer != nil {
-		pids, err = m.jailer.Processes(r.ID)
-	} else {
-		pids, err = vmm.FindByCwd(func(pid int, cwd string) bool { return cwd == dir && vmm.HasInstanceID(pid, r.ID) })
-	}
-	if err != nil {
-		return nil, err
-	}
-	if len(pids) != 1 {
-		return nil, fmt.Errorf("%d processes run in %s", len(pids), dir)
-	}
-	mach, info, err := m.attach(ctx, r, pids[0])
-	if err != nil {
-		return nil, err
-	}
-	if info.State != firecracker.StateRunning {
-		_ = mach.Close()
-		return nil, fmt.Errorf("pid %d: the VM is %q, not running: its boot did not finish", pids[0], info.State)
-	}
-	return mach, nil
-}
-
-// attach takes a handle on process pid, which must be the VMM of r: its API
-// socket must answer GET / with r's id. A VM left paused by an interrupted
-// checkpoint is resumed (unless r was being stopped).
-func (m *Manager) attach(ctx context.Context, r store.SandboxRecord, pid int) (machine, firecracker.InstanceInfo, error) {
-	proc, err := vmm.Attach(pid)
-	if err != nil {
-		return nil, firecracker.InstanceInfo{}, err
-	}
-	client := firecracker.NewClient(r.Process.APISocket)
-	fail := func(err error) (machine, firecracker.InstanceInfo, error) {
-		client.Close()
-		_ = proc.Close()
-		return nil, firecracker.InstanceInfo{}, fmt.Errorf("pid %d, API socket %s: %w", pid, r.Process.APISocket, err)
-	}
-	cctx, cancel := context.WithTimeout(ctx, adoptTimeout)
-	info, err := client.DescribeInstance(cctx)
-	cancel()
-	if err == nil && info.ID != r.ID {
-		err = fmt.Errorf("the API socket answers for instance %q", info.ID)
-	}
-	if err != nil {
-		return fail(err)
-	}
-	if info.State == firecracker.StatePaused && State(r.State) != StateStarting && State(r.State) != StateStopping {
-		cctx, cancel := context.WithTimeout(ctx, adoptTimeout)
-		err := client.Resume(cctx)
-		cancel()
-		if err != nil {
-			return fail(fmt.Errorf("resuming the VM an interrupted checkpoint left paused: %w", err))
-		}
-		info.State = firecracker.StateRunning
-		m.log.Warn("resumed a VM an interrupted checkpoint had left paused", "sandbox", r.ID, "pid", pid)
-	}
-	return vmMachine{&vmm.VM{
-		ID: r.ID, Process: proc, Client: client, SocketPath: r.Process.APISocket,
-		ConsolePath: r.Process.ConsolePath, LogPath: r.Process.LogPath, MetricsPath: r.Process.MetricsPath,
-		VsockPath: r.Process.VsockPath,
-	}}, info, nil
-}
-
-// removeStrays removes sandbox directories, jails and namespaces that no
-// record owns, logging each.
-func (m *Manager) removeStrays(ctx context.Context, known map[string]bool) {
-	entries, err := os.ReadDir(m.sandboxesDir)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		m.log.Error("listing sandbox directories", "dir", m.sandboxesDir, "error", err)
-	}
-	for _, e := range entries {
-		if known[e.Name()] {
-			continue
-		}
-		dir := m.sandboxesDir + string(os.PathSeparator) + e.Name()
-		if err := os.RemoveAll(dir); err != nil {
-			m.log.Error("removing a stray sandbox directory", "dir", dir, "error", err)
-			continue
-		}
-		m.log.Warn("removed a sandbox directory no record owns", "dir", dir)
-	}
-	m.removeStrayJails(known)
-	ids, err := m.cfg.Network.ListNetns()
-	if err != nil {
-		m.log.Error("listing sandbox namespaces", "error", err)
-		return
-	}
-	slices.Sort(ids)
-	for _, id := range ids {
-		if known[id] {
-			continue
-		}
-		if err := m.cfg.Network.Detach(ctx, id); err != nil {
-			m.log.Error("removing a stray sandbox network", "sandbox", id, "error", err)
-			continue
-		}
-		m.log.Warn("removed a sandbox network no record owns", "sandbox", id)
-	}
-}
-
-// strayJailLimits name every cgroup controller a jail may have been given,
-// so that the cleanup of a jail whose limits are unknown removes them all.
-var strayJailLimits = vmm.Limits{VCPUs: 1, MemoryMiB: 1}
-
-// removeStrayJails removes the jails (and their cgroups) of sandbox ids no
-// record owns. Only names that are sandbox ids are touched: the chroot base
-// directory may hold other jails.
-func (m *Manager) removeStrayJails(known map[string]bool) {
-	for _, id := range m.jailIDs() {
-		if known[id] {
-			continue
-		}
-		if err := m.jailer.Cleanup(id, strayJailLimits); err != nil {
-			m.log.Error("removing a stray jail", "sandbox", id, "error", err)
-			continue
-		}
-		m.log.Warn("removed a jail no record owns", "sandbox", id)
-	}
 }

@@ -97,7 +97,7 @@ func (m *Manager) stopOp(ctx context.Context, inst *instance, timeout time.Durat
 	m.crash(CrashStopExited)
 	// The VMM is gone: its jail goes too (the VMM's own cleanup did it
 	// already unless the boot was cancelled before a launch).
-	if err := m.releaseJail(inst.id, inst.limits); err != nil {
+	if err := m.place.ReleaseWorkspace(inst.id, inst.limits); err != nil {
 		attrs["error"] = err.Error()
 		inst.log.Error("removing the jail", "error", err)
 	}
@@ -178,7 +178,7 @@ func (m *Manager) releaseAll(ctx context.Context, id string, limits vmm.Limits, 
 	if err := m.cfg.Network.Detach(ctx, id); err != nil {
 		return fmt.Errorf("sandbox %s: releasing its network: %w", id, err)
 	}
-	if err := m.releaseJail(id, limits); err != nil {
+	if err := m.place.ReleaseWorkspace(id, limits); err != nil {
 		return fmt.Errorf("sandbox %s: %w", id, err)
 	}
 	if err := os.RemoveAll(dir); err != nil {

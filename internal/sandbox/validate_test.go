@@ -14,6 +14,7 @@ import (
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/events"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
 func TestCreateRejectsHostileInput(t *testing.T) {
@@ -187,7 +188,7 @@ func TestNewConfig(t *testing.T) {
 	x := events.NewExchange(events.Options{})
 	defer x.Close()
 	base := func() Config {
-		return Config{DataDir: "/var/lib/x", Events: x, Launcher: nopLauncher{}, Logger: slog.New(slog.DiscardHandler)}
+		return Config{DataDir: "/var/lib/x", Events: x, Launcher: nopLauncher{&vmm.DirectLauncher{}}, Logger: slog.New(slog.DiscardHandler)}
 	}
 	tests := []struct {
 		name   string

@@ -50,6 +50,9 @@ type VM struct {
 	cleanupErr error
 	// dir is where Firecracker's relative paths resolve on the host.
 	dir string
+	// ownDir is the VMM's own directory (LaunchRequest.Dir), which holds
+	// its console and, unjailed, all its files.
+	ownDir string
 	// exitOnce settles exit, the status Wait reports, once the process
 	// has ended.
 	exitOnce sync.Once
@@ -146,6 +149,7 @@ func newVM(id string, l *Launched, dir, consolePath, logPath, metricsPath string
 		paths:       paths,
 		release:     l.Cleanup,
 		dir:         l.Dir,
+		ownDir:      dir,
 	}
 	if vm.dir == "" {
 		vm.dir = dir
@@ -157,6 +161,24 @@ func newVM(id string, l *Launched, dir, consolePath, logPath, metricsPath string
 		vm.MetricsPath = l.MetricsPath
 	}
 	return vm
+}
+
+// Workspace returns where the VM's files live (as the launcher's
+// Workspace laid them out), with the paths the VM actually uses: the same
+// for a VM that was started, restored or adopted.
+func (vm *VM) Workspace() Workspace {
+	var w Workspace
+	if vm.Jail != nil {
+		w = workspaceOf(*vm.Jail, vm.ownDir)
+	} else {
+		w = workspaceIn(vm.ID, vm.ownDir)
+		w.Root = vm.dir
+	}
+	w.APISocket, w.ConsolePath, w.LogPath, w.MetricsPath = vm.SocketPath, vm.ConsolePath, vm.LogPath, vm.MetricsPath
+	if vm.VsockPath != "" {
+		w.VsockPath = vm.VsockPath
+	}
+	return w
 }
 
 // restrictJail takes other users' permissions away from what the
