@@ -36,6 +36,8 @@ type fakeRuntime struct {
 	restores []vmm.RestoreSpec
 	machines []*fakeMachine
 	pid      int
+	// adoptHook, when set, runs at the start of each Adopt (without mu).
+	adoptHook func()
 	// Checkpoint faults and the call log (guarded by mu; see setFaults).
 	faults fakeFaults
 	calls  []string
@@ -155,6 +157,12 @@ func (r *fakeRuntime) newMachine(id, dir string, pid, memoryMiB int) *fakeMachin
 // the way vmm.Adopt does: same pid, same start time, same instance id.
 func (r *fakeRuntime) Adopt(_ context.Context, spec vmm.AdoptSpec) (machine, error) {
 	r.record("adopt")
+	r.mu.Lock()
+	hook := r.adoptHook
+	r.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.faults.adoptErr; err != nil {
