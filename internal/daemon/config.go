@@ -11,6 +11,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -122,7 +123,8 @@ type LimitsConfig struct {
 	MinMemoryMiB int `toml:"min_memory_mib"`
 	MaxMemoryMiB int `toml:"max_memory_mib"`
 	// AllowedDirs are directories, besides data_dir/kernels and
-	// data_dir/images, that kernel, initrd and rootfs paths may resolve into.
+	// data_dir/images (sandbox.KernelsDir and sandbox.ImagesDir), that
+	// kernel, initrd and rootfs paths may resolve into.
 	AllowedDirs []string `toml:"allowed_dirs"`
 }
 
@@ -139,22 +141,26 @@ type DaemonConfig struct {
 	OnShutdown string `toml:"on_shutdown"`
 }
 
-// Default values of the keys (kernel, rootfs and gateway are derived; see
-// DefaultConfig).
+// Default values of the keys that only the daemon has (kernel, rootfs and
+// gateway are derived; see DefaultConfig). [defaults] and [limits] default
+// to the sandbox manager's own defaults (sandbox.DefaultVCPUs and the
+// rest), which are defined there only.
 const (
-	DefaultBinary          = "/usr/bin/firecracker"
-	DefaultDataDir         = "/var/lib/firecracker-vmm"
+	DefaultBinary  = "/usr/bin/firecracker"
+	DefaultDataDir = "/var/lib/firecracker-vmm"
+	// DefaultUnixSocket is also the CLI's default (client.DefaultSocket,
+	// which cannot import this package); a test keeps the two equal.
 	DefaultUnixSocket      = "/run/firecracker-vmm/vmm.sock"
-	DefaultBootArgs        = "console=ttyS0 reboot=k panic=1 pci=off"
-	DefaultKernelName      = "kernels/vmlinux"
-	DefaultRootfsName      = "images/ubuntu-22.04.ext4"
+	DefaultKernelName      = sandbox.KernelsDir + "/vmlinux"
+	DefaultRootfsName      = sandbox.ImagesDir + "/ubuntu-22.04.ext4"
 	DefaultFirecrackerLog  = "Warning"
 	DefaultShutdownTimeout = 30 * time.Second
 )
 
 // DefaultConfig returns the configuration of an empty file. Kernel and
 // rootfs are derived from the data dir, and the gateway from the CIDR, by
-// Load after the file and the flags are applied.
+// Load after the file and the flags are applied. [defaults] and [limits]
+// take the sandbox manager's defaults, so the two cannot differ.
 func DefaultConfig() Config {
 	return Config{
 		Firecracker: FirecrackerConfig{
@@ -171,16 +177,16 @@ func DefaultConfig() Config {
 		},
 		GRPC: GRPCConfig{UnixSocket: DefaultUnixSocket},
 		Defaults: DefaultsConfig{
-			VCPUs:           1,
-			MemoryMiB:       512,
-			BootArgs:        DefaultBootArgs,
-			StopTimeoutSecs: 10,
+			VCPUs:           sandbox.DefaultVCPUs,
+			MemoryMiB:       sandbox.DefaultMemoryMiB,
+			BootArgs:        sandbox.DefaultBootArgs,
+			StopTimeoutSecs: int(sandbox.DefaultStopTimeout / time.Second),
 		},
 		Limits: LimitsConfig{
-			MaxSandboxes: 1000,
+			MaxSandboxes: sandbox.DefaultMaxSandboxes,
 			MaxVCPUs:     vmm.MaxVCPUs,
-			MinMemoryMiB: 128,
-			MaxMemoryMiB: 32768,
+			MinMemoryMiB: sandbox.DefaultMinMemoryMiB,
+			MaxMemoryMiB: sandbox.DefaultMaxMemoryMiB,
 		},
 		Daemon: DaemonConfig{
 			LogLevel:            "info",

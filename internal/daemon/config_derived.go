@@ -4,12 +4,11 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"time"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -24,15 +23,31 @@ func (c Config) ShutdownTimeout() time.Duration {
 }
 
 // AllowedDirs are the directories request paths may resolve into:
-// data_dir/kernels, data_dir/images and [limits] allowed_dirs.
+// data_dir/kernels, data_dir/images and [limits] allowed_dirs, as
+// sandbox.AllowedDirs computes them.
 func (c Config) AllowedDirs() []string {
-	dirs := []string{filepath.Join(c.Firecracker.DataDir, "kernels"), filepath.Join(c.Firecracker.DataDir, "images")}
-	for _, d := range c.Limits.AllowedDirs {
-		if d = filepath.Clean(d); !slices.Contains(dirs, d) {
-			dirs = append(dirs, d)
-		}
+	return sandbox.AllowedDirs(c.Firecracker.DataDir, c.Limits.AllowedDirs)
+}
+
+// ManagerConfig is the sandbox manager configuration of [defaults],
+// [limits], the data dir and [daemon] on_shutdown. The caller adds the
+// collaborators (launcher, network, events, store, ...).
+func (c Config) ManagerConfig() sandbox.Config {
+	return sandbox.Config{
+		DataDir:          c.Firecracker.DataDir,
+		AllowedDirs:      c.AllowedDirs(),
+		DefaultVCPUs:     c.Defaults.VCPUs,
+		DefaultMemoryMiB: c.Defaults.MemoryMiB,
+		DefaultKernel:    c.Defaults.Kernel,
+		DefaultRootfs:    c.Defaults.Rootfs,
+		DefaultBootArgs:  c.Defaults.BootArgs,
+		MaxVCPUs:         c.Limits.MaxVCPUs,
+		MinMemoryMiB:     c.Limits.MinMemoryMiB,
+		MaxMemoryMiB:     c.Limits.MaxMemoryMiB,
+		MaxSandboxes:     c.Limits.MaxSandboxes,
+		StopTimeout:      c.StopTimeout(),
+		OnShutdown:       sandbox.ShutdownMode(c.Daemon.OnShutdown),
 	}
-	return dirs
 }
 
 // VMMConfig is the launcher configuration of [firecracker], with binary
