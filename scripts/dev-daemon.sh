@@ -65,11 +65,9 @@ enabled = $network
 on_shutdown = "stop"
 
 [defaults]
-vcpus      = 1
-memory_mib = 512
-kernel     = "$data/kernels/vmlinux"
-rootfs     = "$data/images/rootfs.ext4"
-boot_args  = "console=ttyS0 reboot=k panic=1 pci=off"
+# vcpus, memory_mib and boot_args keep the daemon's defaults.
+kernel = "$data/kernels/vmlinux"
+rootfs = "$data/images/rootfs.ext4"
 TOML
 
 cat >&2 <<MSG

@@ -139,6 +139,9 @@ func interleave(ctx context.Context, o Options, all []series) ([]Stats, error) {
 func (o Options) kernel() string { return filepath.Join(o.Dir, "data", "kernels", "vmlinux") }
 func (o Options) rootfs() string { return filepath.Join(o.Dir, "data", "images", "rootfs.ext4") }
 
+// bootArgs is the kernel command line of both series: the daemon's
+// default (sandbox.DefaultBootArgs, which a test keeps it equal to; the
+// bench does not link the daemon's packages).
 const bootArgs = "console=ttyS0 reboot=k panic=1 pci=off"
 
 func prepareImages(o Options) error {

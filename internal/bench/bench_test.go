@@ -8,10 +8,18 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// Both series boot like a sandbox created with the daemon's defaults.
+func TestBootArgsAreTheDaemonDefault(t *testing.T) {
+	if bootArgs != sandbox.DefaultBootArgs {
+		t.Errorf("bootArgs = %q, want sandbox.DefaultBootArgs %q", bootArgs, sandbox.DefaultBootArgs)
+	}
+}
 
 func TestSummarize(t *testing.T) {
 	var lat []time.Duration

@@ -8,6 +8,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/client"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
 // writeConfig writes body to a config file in a temp dir and returns its path.
@@ -71,6 +75,41 @@ func TestLoadMissingDefaultFileGivesDefaults(t *testing.T) {
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", name, c.got, c.want)
+		}
+	}
+}
+
+// The daemon's defaults are the sandbox manager's (and the CLI's socket),
+// read through ManagerConfig the way Run hands them over, so that a copy
+// of a default in either package cannot drift from the other.
+func TestDefaultsAreTheManagers(t *testing.T) {
+	cfg, err := Load(filepath.Join(t.TempDir(), "nope.toml"), false, Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc := cfg.ManagerConfig()
+	allowed := sandbox.AllowedDirs(DefaultDataDir, nil)
+	for _, c := range []struct {
+		name      string
+		got, want any
+	}{
+		{"data dir", mc.DataDir, DefaultDataDir},
+		{"vcpus", mc.DefaultVCPUs, sandbox.DefaultVCPUs},
+		{"memory", mc.DefaultMemoryMiB, sandbox.DefaultMemoryMiB},
+		{"boot args", mc.DefaultBootArgs, sandbox.DefaultBootArgs},
+		{"stop timeout", mc.StopTimeout, sandbox.DefaultStopTimeout},
+		{"max vcpus", mc.MaxVCPUs, vmm.MaxVCPUs},
+		{"min memory", mc.MinMemoryMiB, sandbox.DefaultMinMemoryMiB},
+		{"max memory", mc.MaxMemoryMiB, sandbox.DefaultMaxMemoryMiB},
+		{"max sandboxes", mc.MaxSandboxes, sandbox.DefaultMaxSandboxes},
+		{"allowed dirs", strings.Join(mc.AllowedDirs, ","), strings.Join(allowed, ",")},
+		{"kernel in the kernels dir", filepath.Dir(mc.DefaultKernel), allowed[0]},
+		{"rootfs in the images dir", filepath.Dir(mc.DefaultRootfs), allowed[1]},
+		{"on shutdown", mc.OnShutdown, sandbox.ShutdownLeave},
+		{"unix socket", cfg.GRPC.UnixSocket, client.DefaultSocket},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
 		}
 	}
 }

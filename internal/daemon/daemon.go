@@ -245,30 +245,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	exchange := events.NewExchange(eventOptions(st, jr, log))
 	exchange.SetSeq(lastSeq)
 	defer exchange.Close()
-	mgr, err := d.newManager(sandbox.Config{
-		DataDir:            cfg.Firecracker.DataDir,
-		AllowedDirs:        cfg.AllowedDirs(),
-		DefaultVCPUs:       cfg.Defaults.VCPUs,
-		DefaultMemoryMiB:   cfg.Defaults.MemoryMiB,
-		DefaultKernel:      cfg.Defaults.Kernel,
-		DefaultRootfs:      cfg.Defaults.Rootfs,
-		DefaultBootArgs:    cfg.Defaults.BootArgs,
-		MaxVCPUs:           cfg.Limits.MaxVCPUs,
-		MinMemoryMiB:       cfg.Limits.MinMemoryMiB,
-		MaxMemoryMiB:       cfg.Limits.MaxMemoryMiB,
-		MaxSandboxes:       cfg.Limits.MaxSandboxes,
-		StopTimeout:        cfg.StopTimeout(),
-		Launcher:           launcher,
-		Network:            netMgr,
-		Snapshots:          catalog,
-		FirecrackerVersion: fc.Release,
-		SnapshotVersion:    fc.SnapshotVersion,
-		Events:             exchange,
-		Logger:             log,
-		Store:              st,
-		OnShutdown:         sandbox.ShutdownMode(cfg.Daemon.OnShutdown),
-		CrashPoint:         d.crashHook(),
-	})
+	mc := cfg.ManagerConfig()
+	mc.Launcher = launcher
+	mc.Network = netMgr
+	mc.Snapshots = catalog
+	mc.FirecrackerVersion = fc.Release
+	mc.SnapshotVersion = fc.SnapshotVersion
+	mc.Events = exchange
+	mc.Logger = log
+	mc.Store = st
+	mc.CrashPoint = d.crashHook()
+	mgr, err := d.newManager(mc)
 	if err != nil {
 		ul.Close()
 		return fmt.Errorf("sandbox manager: %w", err)
@@ -431,8 +418,8 @@ func prepareDataDir(dir string) error {
 		mode os.FileMode
 	}{
 		{dir, 0o755},
-		{filepath.Join(dir, "kernels"), 0o755},
-		{filepath.Join(dir, "images"), 0o755},
+		{filepath.Join(dir, sandbox.KernelsDir), 0o755},
+		{filepath.Join(dir, sandbox.ImagesDir), 0o755},
 		{filepath.Join(dir, "sandboxes"), 0o700},
 		{filepath.Join(dir, "snapshots"), 0o700},
 	} {

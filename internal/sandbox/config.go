@@ -17,7 +17,9 @@ import (
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
-// Defaults applied by New to zero Config fields.
+// Defaults applied by New to zero Config fields. They are the only
+// definition of these values: the daemon's configuration file defaults to
+// them too. (MaxVCPUs defaults to vmm.MaxVCPUs, Firecracker's limit.)
 const (
 	DefaultVCPUs        = 1
 	DefaultMemoryMiB    = 512
@@ -28,6 +30,27 @@ const (
 	DefaultStopTimeout  = 10 * time.Second
 	DefaultBootTimeout  = 60 * time.Second
 )
+
+// Subdirectories of the data directory that kernel, initrd and rootfs
+// paths may always resolve into (see AllowedDirs).
+const (
+	KernelsDir = "kernels"
+	ImagesDir  = "images"
+)
+
+// AllowedDirs returns the directories that kernel, initrd and rootfs paths
+// may resolve into: dataDir/KernelsDir, dataDir/ImagesDir, then each of
+// extra, cleaned, in order and without repeats. It does not check that the
+// paths are absolute.
+func AllowedDirs(dataDir string, extra []string) []string {
+	dirs := []string{filepath.Join(dataDir, KernelsDir), filepath.Join(dataDir, ImagesDir)}
+	for _, d := range extra {
+		if d = filepath.Clean(d); !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
 
 // File names inside a sandbox directory.
 const (
@@ -55,8 +78,8 @@ type Config struct {
 	// DataDir/sandboxes/{id}. Required.
 	DataDir string
 	// AllowedDirs are extra directories (absolute) that kernel, initrd and
-	// rootfs paths may resolve into, after symlinks. DataDir/kernels and
-	// DataDir/images are always allowed.
+	// rootfs paths may resolve into, after symlinks. DataDir/KernelsDir
+	// and DataDir/ImagesDir are always allowed (see AllowedDirs).
 	AllowedDirs []string
 	// Defaults for CreateRequest fields left zero (DefaultVCPUs,
 	// DefaultMemoryMiB and DefaultBootArgs have package defaults; kernel
@@ -67,15 +90,16 @@ type Config struct {
 	DefaultRootfs    string
 	DefaultBootArgs  string
 	// Limits.
-	MaxVCPUs     int // default 32 (Firecracker's maximum)
-	MinMemoryMiB int // default 128
-	MaxMemoryMiB int // default 32768
-	MaxSandboxes int // default 1000
-	// StopTimeout is the default graceful-stop timeout (default 10 s).
+	MaxVCPUs     int // default vmm.MaxVCPUs (Firecracker's maximum)
+	MinMemoryMiB int // default DefaultMinMemoryMiB
+	MaxMemoryMiB int // default DefaultMaxMemoryMiB
+	MaxSandboxes int // default DefaultMaxSandboxes
+	// StopTimeout is the default graceful-stop timeout (default
+	// DefaultStopTimeout).
 	StopTimeout time.Duration
 	// BootTimeout bounds a boot, from launching Firecracker to
-	// InstanceStart's answer (default 60 s); a boot that takes longer
-	// fails.
+	// InstanceStart's answer (default DefaultBootTimeout); a boot that
+	// takes longer fails.
 	BootTimeout time.Duration
 	// Launcher starts Firecracker processes (vmm.DirectLauncher or
 	// vmm.JailerLauncher). Required. A launcher that implements Jailer
@@ -152,17 +176,12 @@ func (cfg Config) withDefaults() (Config, error) {
 		add("data dir %q: an absolute path is required", cfg.DataDir)
 	}
 	cfg.DataDir = filepath.Clean(cfg.DataDir)
-	dirs := []string{filepath.Join(cfg.DataDir, "kernels"), filepath.Join(cfg.DataDir, "images")}
 	for _, d := range cfg.AllowedDirs {
 		if !filepath.IsAbs(d) {
 			add("allowed dir %q: must be absolute", d)
-			continue
-		}
-		if d = filepath.Clean(d); !slices.Contains(dirs, d) {
-			dirs = append(dirs, d)
 		}
 	}
-	cfg.AllowedDirs = dirs
+	cfg.AllowedDirs = AllowedDirs(cfg.DataDir, cfg.AllowedDirs)
 	setDefault(&cfg.DefaultVCPUs, DefaultVCPUs)
 	setDefault(&cfg.DefaultMemoryMiB, DefaultMemoryMiB)
 	setDefault(&cfg.MaxVCPUs, vmm.MaxVCPUs)
