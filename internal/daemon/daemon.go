@@ -38,6 +38,10 @@ const versionTimeout = 5 * time.Second
 type manager interface {
 	server.Manager
 	server.SnapshotManager
+	// Recover reloads the registry from the store and re-adopts the
+	// sandboxes left running; it is called once, before the daemon is
+	// ready.
+	Recover(ctx context.Context) error
 	Shutdown(ctx context.Context) error
 }
 
@@ -291,17 +295,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		})
 	}
-	if r, ok := mgr.(recoverer); ok {
-		start := time.Now()
-		if err := r.Recover(ctx); err != nil {
-			hs.Shutdown()
-			exchange.Close()
-			d.stopServers(listeners)
-			wg.Wait()
-			return errors.Join(fmt.Errorf("recovering sandboxes: %w", err), d.stopManager(ctx, mgr))
-		}
-		log.Info("recovery finished", slog.Duration("duration", time.Since(start)))
+	start := time.Now()
+	if err := mgr.Recover(ctx); err != nil {
+		hs.Shutdown()
+		exchange.Close()
+		d.stopServers(listeners)
+		wg.Wait()
+		return errors.Join(fmt.Errorf("recovering sandboxes: %w", err), d.stopManager(ctx, mgr))
 	}
+	log.Info("recovery finished", slog.Duration("duration", time.Since(start)))
 	recovering.Store(false)
 	server.SetServing(hs, healthpb.HealthCheckResponse_SERVING)
 	attrs := []any{slog.String("socket", sock), slog.String("data_dir", cfg.Firecracker.DataDir)}
@@ -367,11 +369,6 @@ func (d *Daemon) stopManager(ctx context.Context, mgr manager) error {
 	return nil
 }
 
-// recoverer is implemented by a manager that reloads its registry from
-// the store at start (*sandbox.Manager).
-type recoverer interface {
-	Recover(ctx context.Context) error
-}
 
 // storeTimeout bounds one event write or read of the state store.
 const storeTimeout = 10 * time.Second

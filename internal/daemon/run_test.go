@@ -85,6 +85,8 @@ func (f *fakeManager) Stop(ctx context.Context, id string, _ time.Duration) (san
 
 func (f *fakeManager) Remove(context.Context, string, bool) error { return nil }
 
+func (f *fakeManager) Recover(context.Context) error { return nil }
+
 func (f *fakeManager) Shutdown(context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
