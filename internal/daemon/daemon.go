@@ -369,7 +369,6 @@ func (d *Daemon) stopManager(ctx context.Context, mgr manager) error {
 	return nil
 }
 
-
 // storeTimeout bounds one event write or read of the state store.
 const storeTimeout = 10 * time.Second
 
