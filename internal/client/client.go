@@ -138,7 +138,7 @@ func newUnix(ctx context.Context, opts Options, timeout time.Duration) (*Client,
 	conn, err := grpc.NewClient("unix://"+abs,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(dial),
-		grpc.WithDefaultServiceConfig(retryServiceConfig),
+		grpc.WithUnaryInterceptor(waitRecovery),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("daemon socket %s: %w", abs, err)
@@ -201,38 +201,13 @@ func newTCP(ctx context.Context, opts Options, timeout time.Duration) (*Client, 
 		creds = credentials.NewTLS(tlsConf)
 	}
 	conn, err := grpc.NewClient("dns:///"+opts.Addr, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultServiceConfig(retryServiceConfig))
+		grpc.WithUnaryInterceptor(waitRecovery))
 	if err != nil {
 		return nil, fmt.Errorf("daemon address %s: %w", opts.Addr, err)
 	}
 	c.setConn(conn)
 	return c, nil
 }
-
-// retryServiceConfig makes the calls that are safe to repeat (reads,
-// Stop, Remove, DeleteSnapshot) be tried again with backoff, for about ten
-// seconds in all, when they fail with UNAVAILABLE: the daemon answers so
-// while it re-adopts its sandboxes after a restart. Create, Restore and
-// Checkpoint are not repeated: an UNAVAILABLE that came from a broken
-// connection may follow a call the daemon carried out.
-const retryServiceConfig = `{"methodConfig": [{
-  "name": [
-    {"service": "sandbox.v1.SandboxService", "method": "Inspect"},
-    {"service": "sandbox.v1.SandboxService", "method": "List"},
-    {"service": "sandbox.v1.SandboxService", "method": "Events"},
-    {"service": "sandbox.v1.SandboxService", "method": "Stop"},
-    {"service": "sandbox.v1.SandboxService", "method": "Remove"},
-    {"service": "sandbox.v1.SandboxSnapshotService", "method": "ListSnapshots"},
-    {"service": "sandbox.v1.SandboxSnapshotService", "method": "DeleteSnapshot"}
-  ],
-  "retryPolicy": {
-    "maxAttempts": 5,
-    "initialBackoff": "0.25s",
-    "maxBackoff": "4s",
-    "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"]
-  }
-}]}`
 
 func (c *Client) setConn(conn *grpc.ClientConn) {
 	c.conn = conn

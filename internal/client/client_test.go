@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,10 +42,20 @@ func TestMain(m *testing.M) {
 type fakeService struct {
 	sandboxv1.UnimplementedSandboxServiceServer
 	streaming chan struct{} // receives when an Events stream starts
+	// recovering is how many more Inspect calls of id "recovering" are
+	// refused as a recovering daemon refuses them.
+	recovering atomic.Int32
+	// calls counts Inspect calls.
+	calls atomic.Int32
 }
 
 func (s *fakeService) Inspect(ctx context.Context, req *sandboxv1.InspectRequest) (*sandboxv1.InspectResponse, error) {
+	s.calls.Add(1)
 	switch req.GetId() {
+	case "recovering":
+		if s.recovering.Add(-1) >= 0 {
+			return nil, errgrpc.Recovering("vmm-daemon is recovering its sandboxes")
+		}
 	case "notfound":
 		return nil, errgrpc.ToGRPC(fmt.Errorf("sandbox notfound: %w", errdefs.ErrNotFound))
 	case "invalid":
@@ -149,6 +160,37 @@ func TestNoDaemon(t *testing.T) {
 	_, err = New(t.Context(), Options{Addr: addr})
 	if err == nil || !strings.HasPrefix(err.Error(), "no daemon is listening on "+addr) || !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("New(tcp %s) = %v", addr, err)
+	}
+}
+
+// A call the daemon refuses while it recovers is repeated until it is
+// answered; other UNAVAILABLE answers (a daemon shutting down) are not.
+func TestWaitsForRecovery(t *testing.T) {
+	sock, svc, _ := startUnix(t)
+	c := dial(t, Options{Socket: sock})
+	tests := []struct {
+		name      string
+		id        string
+		refusals  int32
+		wantCalls int32
+		wantErr   bool
+	}{
+		{"answered after three refusals", "recovering", 3, 4, false},
+		{"answered at once", "recovering", 0, 1, false},
+		{"shutting down is not retried", "shutdown", 0, 1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			svc.recovering.Store(tt.refusals)
+			svc.calls.Store(0)
+			_, err := c.Inspect(t.Context(), tt.id)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("Inspect = %v, want error %v", err, tt.wantErr)
+			}
+			if got := svc.calls.Load(); got != tt.wantCalls {
+				t.Errorf("%d calls, want %d", got, tt.wantCalls)
+			}
+		})
 	}
 }
 

@@ -34,16 +34,10 @@ func recordOf(inst *instance) store.SandboxRecord {
 		ID:     s.ID,
 		Labels: maps.Clone(s.Labels),
 		State:  string(s.State),
-		Hardware: store.HardwareRecord{
-			VCPUs: s.Hardware.VCPUs, MemoryMiB: s.Hardware.MemoryMiB,
-			Kernel: s.Hardware.Kernel, Initrd: s.Hardware.Initrd, Rootfs: s.Hardware.Rootfs,
-			Disk: s.Hardware.Disk, BootArgs: s.Hardware.BootArgs, TrackDirtyPages: s.Hardware.TrackDirtyPages,
-		},
-		Network: store.NetworkRecord{
-			TAP: s.Network.TAP, MAC: s.Network.MAC, IP: s.Network.IP, Gateway: s.Network.Gateway,
-			DNS: slices.Clone(s.Network.DNS), Netns: s.Network.Netns, GuestIP: s.Network.GuestIP,
-			PrefixLen: s.Network.PrefixLen,
-		},
+		// Hardware and Network have the same fields as their records: a
+		// conversion, which stops compiling when the two drift apart.
+		Hardware: store.HardwareRecord(s.Hardware),
+		Network:  networkRecord(s.Network),
 		Process: store.ProcessRecord{
 			PID: s.Process.PID, PIDStartTime: startTimeIf(s.Process.PID, inst.pidStart),
 			APISocket: s.Process.APISocket, LogPath: s.Process.LogPath, MetricsPath: s.Process.MetricsPath,
@@ -65,6 +59,20 @@ func recordOf(inst *instance) store.SandboxRecord {
 	}
 }
 
+// networkRecord converts a network identity into its record (a deep copy).
+func networkRecord(n Network) store.NetworkRecord {
+	r := store.NetworkRecord(n)
+	r.DNS = slices.Clone(n.DNS)
+	return r
+}
+
+// networkOfRecord converts a network record back (a deep copy).
+func networkOfRecord(r store.NetworkRecord) Network {
+	n := Network(r)
+	n.DNS = slices.Clone(r.DNS)
+	return n
+}
+
 // sandboxOf converts a persisted record back into a Sandbox.
 func sandboxOf(r store.SandboxRecord) Sandbox {
 	labels := maps.Clone(r.Labels)
@@ -75,16 +83,8 @@ func sandboxOf(r store.SandboxRecord) Sandbox {
 		ID:     r.ID,
 		Labels: labels,
 		State:  State(r.State),
-		Hardware: Hardware{
-			VCPUs: r.Hardware.VCPUs, MemoryMiB: r.Hardware.MemoryMiB,
-			Kernel: r.Hardware.Kernel, Initrd: r.Hardware.Initrd, Rootfs: r.Hardware.Rootfs,
-			Disk: r.Hardware.Disk, BootArgs: r.Hardware.BootArgs, TrackDirtyPages: r.Hardware.TrackDirtyPages,
-		},
-		Network: Network{
-			TAP: r.Network.TAP, MAC: r.Network.MAC, IP: r.Network.IP, Gateway: r.Network.Gateway,
-			DNS: slices.Clone(r.Network.DNS), Netns: r.Network.Netns, GuestIP: r.Network.GuestIP,
-			PrefixLen: r.Network.PrefixLen,
-		},
+		Hardware: Hardware(r.Hardware),
+		Network:  networkOfRecord(r.Network),
 		Process: Process{
 			PID: r.Process.PID, APISocket: r.Process.APISocket, LogPath: r.Process.LogPath,
 			MetricsPath: r.Process.MetricsPath, ConsolePath: r.Process.ConsolePath,

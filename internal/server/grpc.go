@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sandboxv1 "github.com/firecracker-vmm/firecracker-vmm/api/sandbox/v1"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs/errgrpc"
 )
 
 // Config configures NewGRPCServer.
@@ -89,9 +90,9 @@ type interceptors struct {
 }
 
 // errRecovering is what a sandbox.v1 call gets while the daemon re-adopts
-// its sandboxes.
-var errRecovering = status.Error(codes.Unavailable,
-	"vmm-daemon is recovering its sandboxes after a restart; retry shortly")
+// its sandboxes: UNAVAILABLE marked with errgrpc.ReasonRecovering, which
+// tells clients that the call did nothing and may be repeated.
+var errRecovering = errgrpc.Recovering("vmm-daemon is recovering its sandboxes after a restart; retry shortly")
 
 // gated reports whether method must wait for the end of recovery: every
 // call but health checks and reflection.

@@ -66,3 +66,23 @@ func TestEdgeCases(t *testing.T) {
 		t.Fatal("a non-status must pass through ToNative")
 	}
 }
+
+func TestIsRecovering(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"recovering", Recovering("recovering"), true},
+		{"recovering through ToNative", ToNative(Recovering("recovering")), true},
+		{"plain unavailable", status.Error(codes.Unavailable, "recovering"), false},
+		{"another code", status.Error(codes.Internal, "x"), false},
+		{"not a status", errors.New("recovering"), false},
+		{"nil", nil, false},
+	}
+	for _, tt := range tests {
+		if got := IsRecovering(tt.err); got != tt.want {
+			t.Errorf("%s: IsRecovering = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
