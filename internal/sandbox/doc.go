@@ -27,13 +27,55 @@
 //
 // # Concurrency
 //
-// Operations on one sandbox (Stop, Remove, Checkpoint, TTL expiry) are
-// serialized by a per-sandbox operation lock; operations on different
-// sandboxes run in parallel. The registry lock and each record's lock are
-// held only for short, non-blocking sections, so Get and List never wait
-// behind a slow Stop or Checkpoint. Every goroutine the manager starts
-// (boot or restore, VMM watcher, TTL expiry) is tracked by a WaitGroup;
-// Shutdown stops every sandbox and waits for all of them.
+// The locks, in the order they are taken (a lock is never taken while
+// one later in the list is held):
+//
+//   - A sandbox's operation lock (instance.op, a one-slot semaphore whose
+//     wait honours the caller's context) serializes the operations on it:
+//     Stop, Remove, Checkpoint and TTL expiry hold it for their whole run,
+//     Shutdown for each sandbox it stops or leaves, and Create and Restore
+//     (startNew) until the new sandbox's record is durable. Operations on
+//     different sandboxes run in parallel. Get and List never take it.
+//   - A sandbox's record writer (instance.w.mu) orders its store writes.
+//     Manager.flush holds it across the store commit (the fsync) while it
+//     writes the sandbox's newest record, or deletes it once the sandbox
+//     is removed; startNew holds it while the new record is created, so
+//     that the boot's own ready or failed record is written after it. A
+//     store write thus holds the record writer and, when an operation
+//     writes, that operation's lock: never a sandbox's mu, the registry
+//     lock or the exchange's lock.
+//   - A sandbox's mu (instance.mu) guards its record, the record's
+//     generation, its VMM handle and start time, its TTL timer and its
+//     removed and removing flags. It is held only to read the record or
+//     decide the next one and to publish that change's event
+//     (publishLocked, which also marks the record for the store), never
+//     across a store write, a VMM call, a wait or a file system change.
+//     Publishing under it keeps each sandbox's events in order.
+//   - The registry lock (Manager.mu) guards the set of sandboxes, the
+//     slots reserved by creates in progress and the closing flag; it is
+//     held briefly, sometimes inside a sandbox's mu (registering it).
+//   - The event exchange's lock, which Publish takes, comes last: the
+//     manager publishes with a sandbox's mu held. A subscriber's history
+//     backfill (events.Options.Backfill, a read of the stored events) runs
+//     without the exchange's lock, so a slow backfill delays neither
+//     Publish nor any sandbox.
+//
+// A change is thus decided and published under the sandbox's mu, and
+// written afterwards by flush under the record writer, not mu: flush
+// copies the newest record under mu and skips a generation a later flush
+// has written, so the store never goes back to an older record. The call
+// that made a change returns only once flush has written it (or, for a
+// change it cannot undo, has failed and logged it; the next flush writes
+// the newest record anyway). A change the background goroutine makes
+// (ready, failed, an exit) is flushed by that goroutine, which holds no
+// operation lock. Get and List take only the registry lock and each
+// sandbox's mu, so they never wait behind an operation, a store write, a
+// VMM call or an event backfill, and they may show a change before it is
+// durable.
+//
+// Every goroutine the manager starts (boot or restore, VMM watcher, TTL
+// expiry) is tracked by a WaitGroup; Shutdown stops every sandbox and
+// waits for all of them.
 //
 // # Hostile input
 //
