@@ -109,7 +109,7 @@ func (inst *instance) lock(ctx context.Context) error {
 
 func (inst *instance) unlock() { <-inst.op }
 
-// snapshot returns a deep copy of the record. inst.mu must be held.
+// snapshotLocked returns a deep copy of the record. inst.mu must be held.
 func (inst *instance) snapshotLocked() Sandbox {
 	s := inst.rec
 	s.Labels = maps.Clone(s.Labels)

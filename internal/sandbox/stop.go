@@ -139,9 +139,6 @@ func (m *Manager) removeOp(ctx context.Context, inst *instance, force bool, reas
 	}
 	inst.mu.Lock()
 	dir := inst.rec.Dir
-	if inst.ttl != nil {
-		inst.ttl.Stop()
-	}
 	// Record the intent first: a daemon that dies from here on leaves a
 	// record that the next start finishes removing, never a record whose
 	// resources are half gone.
@@ -151,8 +148,14 @@ func (m *Manager) removeOp(ctx context.Context, inst *instance, force bool, reas
 	}
 	inst.mu.Unlock()
 	if err := m.flush(ctx, inst); err != nil {
+		// Nothing was released, and the TTL (if any) still runs.
 		return fmt.Errorf("remove: recording the removal before releasing anything: %w", err)
 	}
+	inst.mu.Lock()
+	if inst.ttl != nil {
+		inst.ttl.Stop()
+	}
+	inst.mu.Unlock()
 	m.crash(CrashRemoveMarked)
 	if err := m.releaseAll(ctx, inst.id, inst.limits, dir); err != nil {
 		return err
