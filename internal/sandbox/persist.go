@@ -80,9 +80,9 @@ func sandboxOf(r store.SandboxRecord) Sandbox {
 		labels = map[string]string{}
 	}
 	return Sandbox{
-		ID:     r.ID,
-		Labels: labels,
-		State:  State(r.State),
+		ID:       r.ID,
+		Labels:   labels,
+		State:    State(r.State),
 		Hardware: Hardware(r.Hardware),
 		Network:  networkOfRecord(r.Network),
 		Process: Process{
