@@ -4,12 +4,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 	"unicode"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
 )
@@ -40,6 +42,22 @@ func fuzzTextOK(s string, ok func(rune) bool) bool {
 		}
 	}
 	return true
+}
+
+// closePlanFiles closes every open file a plan holds, whichever fields
+// hold them, so that a long fuzz run does not run out of descriptors.
+func closePlanFiles(p *plan) {
+	if p == nil {
+		return
+	}
+	v := reflect.ValueOf(p).Elem()
+	for i := range v.NumField() {
+		if fv := v.Field(i); fv.Type() == reflect.TypeFor[*os.File]() {
+			if f := *(**os.File)(unsafe.Pointer(fv.UnsafeAddr())); f != nil {
+				f.Close()
+			}
+		}
+	}
 }
 
 // FuzzValidate feeds hostile CreateRequests to the manager's validation:
@@ -137,9 +155,7 @@ func FuzzValidate(f *testing.F) {
 			req.Labels = map[string]string{key: value}
 		}
 		p, err := m.validate(req)
-		if p != nil && p.rootfsFile != nil {
-			defer p.rootfsFile.Close()
-		}
+		defer closePlanFiles(p)
 		if vcpus == 0 {
 			vcpus = m.cfg.DefaultVCPUs
 		}
