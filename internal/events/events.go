@@ -235,7 +235,10 @@ func (x *Exchange) Publish(ev Event) Event {
 // when the history could not be caught up within maxBackfillRounds. A
 // since of 0, or at or beyond the last sequence number published, replays
 // nothing: every event published after Subscribe is delivered. The
-// subscription ends when ctx ends.
+// subscription ends when ctx ends. The replayed history sits in the
+// subscription's buffer until it is read, so a caller resuming from far
+// back pages through it with History first and subscribes from where
+// that ends (as the gRPC Events handler does).
 func (x *Exchange) Subscribe(ctx context.Context, f Filter, since uint64) (*Subscription, error) {
 	// old holds the stored events after since, increasing, that the
 	// backfills returned; together with those never written they are
