@@ -4,7 +4,7 @@ GO       ?= go
 BIN      := $(CURDIR)/bin
 TESTFLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build test vet fmt-check help clean run
+.PHONY: all build test vet fmt-check help clean run fuzz-smoke
 
 all: build ## Build every binary into ./bin
 
@@ -22,6 +22,27 @@ fmt-check: ## Fail when gofmt would change a file
 
 test: build fmt-check vet ## Run ALL tests (root-only tests skip with a message without root)
 	VMM_EMULATOR=$(BIN)/firecracker-emulator VMM_BIN_DIR=$(BIN) $(GO) test $(TESTFLAGS) ./...
+
+# Go native fuzz targets, as package:Target. Plain `go test` (make test) runs
+# their seed corpora; fuzz-smoke also mutates each for FUZZTIME. Go allows
+# one -fuzz pattern per invocation, hence one run per target.
+FUZZ_TARGETS := \
+	./internal/sandbox:FuzzValidate \
+	./internal/snapshot:FuzzValidName \
+	./internal/snapshot:FuzzLoadSnapshot \
+	./internal/ids:FuzzValid \
+	./internal/daemon:FuzzLoad \
+	./internal/fcemu:FuzzReadRequest \
+	./internal/fcemu:FuzzDecodeStrict \
+	./internal/store:FuzzDecodeRecord
+FUZZTIME ?= 5s
+
+fuzz-smoke: ## Run each fuzz target for FUZZTIME (default 5s) beyond its seeds
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 run: ## Build and start vmm-daemon for the quick start (emulator when no KVM)
 	./scripts/dev-daemon.sh

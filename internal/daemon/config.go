@@ -12,6 +12,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/sandbox"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/server"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
@@ -139,6 +140,9 @@ type DaemonConfig struct {
 	// "leave" them running for the next daemon to re-adopt, or "stop"
 	// (and remove) them all.
 	OnShutdown string `toml:"on_shutdown"`
+	// MaxEventSubscribers caps the Events streams served at once, over
+	// every listener; one more is refused with RESOURCE_EXHAUSTED.
+	MaxEventSubscribers int `toml:"max_event_subscribers"`
 }
 
 // Default values of the keys that only the daemon has (kernel, rootfs and
@@ -193,6 +197,7 @@ func DefaultConfig() Config {
 			LogFormat:           "text",
 			ShutdownTimeoutSecs: int(DefaultShutdownTimeout / time.Second),
 			OnShutdown:          "leave",
+			MaxEventSubscribers: server.DefaultMaxEventSubscribers,
 		},
 	}
 }

@@ -242,6 +242,7 @@ log_level = "WARN"
 log_format = "json"
 shutdown_timeout_secs = 12
 on_shutdown = "stop"
+max_event_subscribers = 9
 `
 	cfg, err := Load(writeConfig(t, body), true, Overrides{})
 	if err != nil {
@@ -262,7 +263,7 @@ on_shutdown = "stop"
 			BootArgs: "console=ttyS0 quiet", StopTimeoutSecs: 3,
 		},
 		Limits: LimitsConfig{MaxSandboxes: 7, MaxVCPUs: 8, MinMemoryMiB: 256, MaxMemoryMiB: 4096, AllowedDirs: []string{"/srv/k", "/srv/i"}},
-		Daemon: DaemonConfig{LogLevel: "WARN", LogFormat: "json", ShutdownTimeoutSecs: 12, OnShutdown: "stop"},
+		Daemon: DaemonConfig{LogLevel: "WARN", LogFormat: "json", ShutdownTimeoutSecs: 12, OnShutdown: "stop", MaxEventSubscribers: 9},
 		Path:   cfg.Path,
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -385,6 +386,7 @@ func TestLoadRejects(t *testing.T) {
 		{"daemon log level", "[daemon]\nlog_level = \"trace\"\n", []string{"daemon.log_level"}},
 		{"log format", "[daemon]\nlog_format = \"xml\"\n", []string{"daemon.log_format"}},
 		{"shutdown timeout", "[daemon]\nshutdown_timeout_secs = 0\n", []string{"daemon.shutdown_timeout_secs"}},
+		{"event subscribers", "[daemon]\nmax_event_subscribers = 0\n", []string{"daemon.max_event_subscribers"}},
 		{"on shutdown", "[daemon]\non_shutdown = \"kill\"\n", []string{"daemon.on_shutdown"}},
 		{"several", "[daemon]\nlog_format = \"xml\"\nlog_levl = \"x\"\n", []string{"daemon.log_format", `unknown key "daemon.log_levl"`}},
 	} {

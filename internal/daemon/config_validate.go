@@ -144,6 +144,7 @@ func (c *Config) validate(v *validator) {
 	v.oneOf("daemon.log_format", c.Daemon.LogFormat, "text", "json")
 	v.intRange("daemon.shutdown_timeout_secs", int64(c.Daemon.ShutdownTimeoutSecs), 1, 3600)
 	v.oneOf("daemon.on_shutdown", c.Daemon.OnShutdown, "leave", "stop")
+	v.intRange("daemon.max_event_subscribers", int64(c.Daemon.MaxEventSubscribers), 1, 100000)
 
 	if fc.Jailer != nil && fc.Jailer.Netns != "" && c.Network.Enabled {
 		v.bad("firecracker.jailer.netns", "%q: with [network] enabled every sandbox runs in a namespace of its own; leave netns empty", fc.Jailer.Netns)

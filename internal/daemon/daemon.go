@@ -271,7 +271,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	recovering.Store(true)
 	hs := health.NewServer()
 	srvCfg := server.Config{Manager: mgr, Snapshots: mgr, Events: exchange, Health: hs, Logger: log,
-		Recovering: recovering.Load}
+		Recovering: recovering.Load, EventSubscribers: server.NewSubscriberLimit(cfg.Daemon.MaxEventSubscribers)}
 	listeners := []listener{{name: "unix", srv: server.NewGRPCServer(srvCfg), l: ul}}
 	if addr := cfg.GRPC.TCPAddr; addr != "" {
 		opts, err := tcpServerOptions(cfg.GRPC, log)
@@ -381,23 +381,28 @@ func eventOptions(st *store.Store, jr *journal, log *slog.Logger) events.Options
 		OnPersistError: func(ev events.Event, err error) {
 			log.Error("writing an event to the state store", slog.Uint64("seq", ev.Seq), slog.Any("error", err))
 		},
-		Backfill: func(since uint64) ([]events.Event, bool, error) {
-			ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-			defer cancel()
-			recs, ok, err := st.EventsSince(ctx, since)
-			if err != nil {
-				return nil, false, err
-			}
-			evs := make([]events.Event, 0, len(recs))
-			for _, r := range recs {
-				evs = append(evs, events.Event{
-					Seq: r.Seq, SandboxID: r.SandboxID, Action: r.Action, State: r.State, Time: r.Time,
-					Attributes: r.Attributes,
-				})
-			}
-			return evs, ok, nil
-		},
+		Backfill:     func(since uint64) ([]events.Event, bool, error) { return backfill(st, since, 0) },
+		BackfillPage: func(since uint64, limit int) ([]events.Event, bool, error) { return backfill(st, since, limit) },
 	}
+}
+
+// backfill reads at most limit stored events after since (all when limit
+// is zero).
+func backfill(st *store.Store, since uint64, limit int) ([]events.Event, bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	recs, ok, err := st.EventsPage(ctx, since, limit)
+	if err != nil {
+		return nil, false, err
+	}
+	evs := make([]events.Event, 0, len(recs))
+	for _, r := range recs {
+		evs = append(evs, events.Event{
+			Seq: r.Seq, SandboxID: r.SandboxID, Action: r.Action, State: r.State, Time: r.Time,
+			Attributes: r.Attributes,
+		})
+	}
+	return evs, ok, nil
 }
 
 // removeSocket removes the unix socket (closing the listener usually did).

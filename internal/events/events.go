@@ -35,6 +35,8 @@
 //     subscription in one step. It calls Options.Backfill with no lock
 //     held: a slow read of old history never delays Publish, and Backfill
 //     may itself publish or subscribe.
+//   - History holds it only to read one page of the ring, and calls
+//     Options.BackfillPage (or Backfill) with no lock held.
 //   - SetSeq, LastSeq, Close, Subscription.Err and Subscription.Close
 //     hold it briefly; a subscription's context callback takes it to end
 //     the subscription.
@@ -126,6 +128,12 @@ type Options struct {
 	// there is taken as one that was never written. Events it returns
 	// that the ring still holds are delivered from the ring.
 	Backfill func(since uint64) (evs []Event, ok bool, err error)
+	// BackfillPage, when set, is Backfill reading at most limit (> 0)
+	// stored events: History uses it to page through old history without
+	// reading all of it at once. It has Backfill's contract for what it
+	// returns, up to the newest event it returns, and the same locking.
+	// When nil, History calls Backfill and keeps the first limit events.
+	BackfillPage func(since uint64, limit int) (evs []Event, ok bool, err error)
 }
 
 // maxBackfillRounds bounds how often one Subscribe calls Backfill. It
@@ -142,6 +150,7 @@ type Exchange struct {
 	persist   func(Event) error
 	onPersist func(Event, error)
 	backfill  func(since uint64) ([]Event, bool, error)
+	page      func(since uint64, limit int) ([]Event, bool, error)
 
 	// mu guards the fields that follow, and the err and stop fields of
 	// every Subscription. See Locking in the package doc for when it is
@@ -165,7 +174,7 @@ func NewExchange(o Options) *Exchange {
 		o.Now = time.Now
 	}
 	return &Exchange{buffer: o.Buffer, history: o.History, now: o.Now, subs: map[*Subscription]struct{}{},
-		persist: o.Persist, onPersist: o.OnPersistError, backfill: o.Backfill}
+		persist: o.Persist, onPersist: o.OnPersistError, backfill: o.Backfill, page: o.BackfillPage}
 }
 
 // SetSeq sets the last used sequence number (used when resuming from a
@@ -226,7 +235,10 @@ func (x *Exchange) Publish(ev Event) Event {
 // when the history could not be caught up within maxBackfillRounds. A
 // since of 0, or at or beyond the last sequence number published, replays
 // nothing: every event published after Subscribe is delivered. The
-// subscription ends when ctx ends.
+// subscription ends when ctx ends. The replayed history sits in the
+// subscription's buffer until it is read, so a caller resuming from far
+// back pages through it with History first and subscribes from where
+// that ends (as the gRPC Events handler does).
 func (x *Exchange) Subscribe(ctx context.Context, f Filter, since uint64) (*Subscription, error) {
 	// old holds the stored events after since, increasing, that the
 	// backfills returned; together with those never written they are

@@ -41,7 +41,27 @@ type Config struct {
 	// NOT_SERVING; the owner sets the health status to SERVING when
 	// recovery has finished. Nil means the daemon is ready at once.
 	Recovering func() bool
+	// EventSubscribers caps the concurrent Events streams; servers that
+	// share one share the cap. Nil means a cap of
+	// DefaultMaxEventSubscribers for this server alone.
+	EventSubscribers *SubscriberLimit
+	// EventSendTimeout is how long one event may wait for a client that
+	// does not read before its stream is ended as a slow consumer
+	// (DefaultEventSendTimeout when zero).
+	EventSendTimeout time.Duration
 }
+
+// Transport sizes. The windows bound what a client may have in flight
+// towards the daemon on one stream and one connection (fixed sizes also
+// turn off grpc's window growth); a shared write buffer is released
+// between writes, so idle connections hold none. What the daemon has
+// queued towards a client that does not read is bounded by grpc's write
+// quota per stream (64 KiB), one page of history and EventSendTimeout.
+const (
+	streamWindow     = 64 << 10
+	connWindow       = 256 << 10
+	writeBufferBytes = 32 << 10
+)
 
 // NewGRPCServer returns a grpc.Server with the sandbox.v1 services,
 // grpc.health.v1 and server reflection registered, and with chained unary
@@ -55,11 +75,22 @@ func NewGRPCServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	}
 	ic := interceptors{log: log, recovering: cfg.Recovering}
 	all := append([]grpc.ServerOption{
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
+		grpc.WriteBufferSize(writeBufferBytes),
+		grpc.SharedWriteBuffer(true),
 		grpc.ChainUnaryInterceptor(ic.logUnary, ic.gateUnary, ic.recoverUnary),
 		grpc.ChainStreamInterceptor(ic.logStream, ic.gateStream, ic.recoverStream),
 	}, opts...)
 	s := grpc.NewServer(all...)
-	sandboxv1.RegisterSandboxServiceServer(s, NewService(cfg.Manager, cfg.Events, log))
+	svc := NewService(cfg.Manager, cfg.Events, log)
+	if cfg.EventSubscribers != nil {
+		svc.subscribers = cfg.EventSubscribers
+	}
+	if cfg.EventSendTimeout > 0 {
+		svc.sendTimeout = cfg.EventSendTimeout
+	}
+	sandboxv1.RegisterSandboxServiceServer(s, svc)
 	sandboxv1.RegisterSandboxSnapshotServiceServer(s, NewSnapshotService(cfg.Snapshots))
 	hs := cfg.Health
 	if hs == nil {

@@ -112,6 +112,14 @@ type hookedEvents struct {
 	x          *events.Exchange
 	subscribed chan struct{}
 	panicMsg   string
+
+	mu sync.Mutex
+	// subs are the subscriptions made, in order, and sinces the since
+	// each was made with.
+	subs   []*events.Subscription
+	sinces []uint64
+	// pages are the lengths of the pages History returned.
+	pages []int
 }
 
 func (h *hookedEvents) Subscribe(ctx context.Context, f events.Filter, since uint64) (*events.Subscription, error) {
@@ -120,9 +128,20 @@ func (h *hookedEvents) Subscribe(ctx context.Context, f events.Filter, since uin
 	}
 	s, err := h.x.Subscribe(ctx, f, since)
 	if err == nil {
+		h.mu.Lock()
+		h.subs, h.sinces = append(h.subs, s), append(h.sinces, since)
+		h.mu.Unlock()
 		h.subscribed <- struct{}{}
 	}
 	return s, err
+}
+
+func (h *hookedEvents) History(f events.Filter, since uint64, limit int) ([]events.Event, uint64, error) {
+	evs, next, err := h.x.History(f, since, limit)
+	h.mu.Lock()
+	h.pages = append(h.pages, len(evs))
+	h.mu.Unlock()
+	return evs, next, err
 }
 
 // harness is a real grpc.Server on a real unix socket with a client.
@@ -137,7 +156,13 @@ type harness struct {
 	snapMgr *fakeSnapshots
 }
 
-func newHarness(t *testing.T, opts events.Options) *harness {
+// newHarness starts the server with cfgs applied to its Config, and a
+// client with dial options copts.
+func newHarness(t *testing.T, opts events.Options, cfgs ...func(*Config)) *harness {
+	return newHarnessDial(t, opts, nil, cfgs...)
+}
+
+func newHarnessDial(t *testing.T, opts events.Options, copts []grpc.DialOption, cfgs ...func(*Config)) *harness {
 	t.Helper()
 	h := &harness{
 		mgr:  &fakeManager{},
@@ -146,7 +171,11 @@ func newHarness(t *testing.T, opts events.Options) *harness {
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h.snapMgr = &fakeSnapshots{}
-	srv := NewGRPCServer(Config{Manager: h.mgr, Events: h.ev, Logger: log, Snapshots: h.snapMgr})
+	cfg := Config{Manager: h.mgr, Events: h.ev, Logger: log, Snapshots: h.snapMgr}
+	for _, c := range cfgs {
+		c(&cfg)
+	}
+	srv := NewGRPCServer(cfg)
 	sock := filepath.Join(testutil.ShortDir(t), "s.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -157,7 +186,8 @@ func newHarness(t *testing.T, opts events.Options) *harness {
 		defer close(done)
 		_ = srv.Serve(l)
 	}()
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	copts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, copts...)
+	conn, err := grpc.NewClient("unix://"+sock, copts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -579,18 +609,7 @@ func TestEventsSlowConsumerDisconnected(t *testing.T) {
 	for range 200 {
 		h.ev.x.Publish(events.Event{SandboxID: "01h2k3m4n5p6", Action: "created", State: "starting", Attributes: map[string]string{"big": big}})
 	}
-	var n int
-	for {
-		_, err := stream.Recv()
-		if err == nil {
-			n++
-			continue
-		}
-		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "fell behind") {
-			t.Fatalf("after %d events: %v, want ResourceExhausted ... fell behind", n, err)
-		}
-		break
-	}
+	n := recvUntilFellBehind(t, stream)
 	if n >= 200 {
 		t.Errorf("received all %d events; the consumer was never dropped", n)
 	}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -32,6 +31,7 @@ type Manager interface {
 // (*events.Exchange implements it).
 type EventSource interface {
 	Subscribe(ctx context.Context, f events.Filter, since uint64) (*events.Subscription, error)
+	History(f events.Filter, since uint64, limit int) (evs []events.Event, next uint64, err error)
 }
 
 var (
@@ -54,6 +54,11 @@ type Service struct {
 	manager Manager
 	events  EventSource
 	log     *slog.Logger
+	// subscribers caps the Events streams (shared by the daemon's servers).
+	subscribers *SubscriberLimit
+	// sendTimeout bounds how long one event waits for a client that does
+	// not read.
+	sendTimeout time.Duration
 }
 
 var _ sandboxv1.SandboxServiceServer = (*Service)(nil)
@@ -63,7 +68,8 @@ func NewService(m Manager, ev EventSource, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Service{manager: m, events: ev, log: log}
+	return &Service{manager: m, events: ev, log: log,
+		subscribers: NewSubscriberLimit(DefaultMaxEventSubscribers), sendTimeout: DefaultEventSendTimeout}
 }
 
 // Create converts the request and asks the manager for a new sandbox.
@@ -152,55 +158,6 @@ func (s *Service) List(ctx context.Context, req *sandboxv1.ListRequest) (*sandbo
 		resp.Sandboxes = append(resp.Sandboxes, sandboxToProto(sb))
 	}
 	return resp, nil
-}
-
-// Events streams lifecycle events until the client goes away or the
-// subscription ends. A subscriber that falls behind gets RESOURCE_EXHAUSTED;
-// when the daemon shuts down the stream ends with UNAVAILABLE.
-func (s *Service) Events(req *sandboxv1.EventsRequest, stream grpc.ServerStreamingServer[sandboxv1.Event]) error {
-	f := events.Filter{SandboxID: req.GetId()}
-	if f.SandboxID != "" && !sandbox.ValidID(f.SandboxID) {
-		return errgrpc.ToGRPC(fmt.Errorf("events: sandbox id %q: must be 12 characters of 0-9 and a-z except i, l, o, u: %w",
-			f.SandboxID, errdefs.ErrInvalidArgument))
-	}
-	for _, a := range req.GetActions() {
-		if !slices.Contains(knownActions, a) {
-			return errgrpc.ToGRPC(fmt.Errorf("events: unknown action %q (known: %v): %w", a, knownActions, errdefs.ErrInvalidArgument))
-		}
-		if !slices.Contains(f.Actions, a) {
-			f.Actions = append(f.Actions, a)
-		}
-	}
-	ctx := stream.Context()
-	sub, err := s.events.Subscribe(ctx, f, req.GetSince())
-	switch {
-	case errors.Is(err, events.ErrHistoryGone):
-		return errgrpc.ToGRPC(fmt.Errorf("events since %d are no longer retained; subscribe with since 0: %w",
-			req.GetSince(), errdefs.ErrFailedPrecondition))
-	case errors.Is(err, events.ErrClosed):
-		return errgrpc.ToGRPC(fmt.Errorf("daemon shutting down: %w", errdefs.ErrUnavailable))
-	case err != nil:
-		return errgrpc.ToGRPC(err)
-	}
-	defer sub.Close()
-	for ev := range sub.C() {
-		if err := stream.Send(eventToProto(ev)); err != nil {
-			return errgrpc.ToGRPC(err)
-		}
-	}
-	switch err := sub.Err(); {
-	case errors.Is(err, events.ErrSlowConsumer):
-		s.log.LogAttrs(ctx, slog.LevelWarn, "event subscriber fell behind and was disconnected",
-			slog.String("sandbox_id", f.SandboxID))
-		return errgrpc.ToGRPC(fmt.Errorf("client fell behind the event stream and was disconnected; reconnect (with since) to resume: %w",
-			errdefs.ErrResourceExhausted))
-	case errors.Is(err, events.ErrClosed):
-		return errgrpc.ToGRPC(fmt.Errorf("daemon shutting down: %w", errdefs.ErrUnavailable))
-	case ctx.Err() != nil:
-		return errgrpc.ToGRPC(ctx.Err())
-	default:
-		return errgrpc.ToGRPC(err)
-	}
 }
 
 // SnapshotManager is what the snapshot service needs of the sandbox

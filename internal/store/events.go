@@ -166,35 +166,5 @@ func (s *Store) LastEventSeq(ctx context.Context) (uint64, error) {
 // reporting the gap. A seq at or beyond LastEventSeq yields no events and
 // ok true.
 func (s *Store) EventsSince(ctx context.Context, seq uint64) (events []EventRecord, ok bool, err error) {
-	err = s.view(ctx, func(root *bolt.Bucket) error {
-		last := decodeU64(root.Get(keyEventSeq))
-		if seq >= last {
-			ok = true
-			return nil
-		}
-		// Nothing after seq was trimmed when seq is at or after the last
-		// trimmed event (a missing number after it is one that was never
-		// written). A store created before that key was kept: seq must
-		// reach the oldest retained event.
-		c := root.Bucket(bktEvents).Cursor()
-		var trimmed uint64
-		if v := root.Get(keyEventsTrimmed); v != nil {
-			trimmed = decodeU64(v)
-		} else if k, _ := c.First(); k != nil {
-			trimmed = decodeU64(k) - 1
-		}
-		ok = seq >= trimmed
-		for k, v := c.Seek(u64(seq + 1)); k != nil; k, v = c.Next() {
-			var ev EventRecord
-			if err := decode(v, &ev); err != nil {
-				return fmt.Errorf("event %d: %w", decodeU64(k), err)
-			}
-			events = append(events, ev)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, false, fmt.Errorf("events since %d: %w", seq, err)
-	}
-	return events, ok, nil
+	return s.EventsPage(ctx, seq, 0)
 }
