@@ -16,7 +16,9 @@ import (
 // Stop stops a sandbox gracefully within timeout (0: Config.StopTimeout),
 // then forcibly, and returns it in StateStopped. A sandbox that is still
 // starting has its boot cancelled. Stopping a stopped or failed sandbox is
-// a FailedPrecondition.
+// a FailedPrecondition. A checkpoint in progress is waited for up to
+// timeout, then interrupted (it fails with Aborted and leaves no
+// snapshot).
 func (m *Manager) Stop(ctx context.Context, id string, timeout time.Duration) (Sandbox, error) {
 	if timeout < 0 {
 		return Sandbox{}, fmt.Errorf("stop timeout %v: must not be negative: %w", timeout, errdefs.ErrInvalidArgument)
@@ -24,7 +26,9 @@ func (m *Manager) Stop(ctx context.Context, id string, timeout time.Duration) (S
 	if timeout == 0 {
 		timeout = m.cfg.StopTimeout
 	}
-	inst, err := m.lockLive(ctx, id)
+	inst, err := m.lockLiveWith(ctx, id, func(inst *instance, ctx context.Context) error {
+		return inst.lockPreempting(ctx, timeout)
+	})
 	if err != nil {
 		return Sandbox{}, err
 	}
@@ -112,9 +116,14 @@ func (m *Manager) stopOp(ctx context.Context, inst *instance, timeout time.Durat
 
 // Remove deletes a sandbox and every resource it holds. A sandbox that is
 // not stopped or failed needs force, which kills its VMM (or cancels its
-// boot) without a graceful wait.
+// boot) without a graceful wait, and interrupts a checkpoint in progress
+// at once (it fails with Aborted and leaves no snapshot).
 func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
-	inst, err := m.lockLive(ctx, id)
+	lock := (*instance).lock
+	if force {
+		lock = func(inst *instance, ctx context.Context) error { return inst.lockPreempting(ctx, 0) }
+	}
+	inst, err := m.lockLiveWith(ctx, id, lock)
 	if err != nil {
 		return err
 	}
