@@ -379,10 +379,19 @@ func failedStepOr(step string) string {
 
 // checkpointError names the failed step; a full disk is ResourceExhausted.
 func checkpointError(step string, err error) error {
-	if isNoSpace(err) {
-		return fmt.Errorf("checkpoint: %s: no space left on device: %w: %w", step, err, errdefs.ErrResourceExhausted)
+	return fmt.Errorf("checkpoint: %s: %w", step, noSpace(err))
+}
+
+// noSpace returns err, classed ResourceExhausted (and said to be a full
+// disk) when it is ENOSPC or EDQUOT (isNoSpace).
+func noSpace(err error) error {
+	if err == nil || !isNoSpace(err) {
+		return err
 	}
-	return fmt.Errorf("checkpoint: %s: %w", step, err)
+	if errors.Is(err, errdefs.ErrResourceExhausted) {
+		return err
+	}
+	return fmt.Errorf("no space left on device: %w: %w", err, errdefs.ErrResourceExhausted)
 }
 
 // isNoSpace reports whether err is ENOSPC, locally or as reported by
