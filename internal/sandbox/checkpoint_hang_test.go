@@ -16,18 +16,22 @@ func TestCheckpointHungVMMFailsSandboxFake(t *testing.T) {
 	tests := []struct {
 		name   string
 		faults fakeFaults
+		// snapshotBound bounds snapshot create and the disk copy.
+		snapshotBound time.Duration
 		// wantErr is part of the checkpoint's error.
 		wantErr string
 	}{
-		{"snapshot and resume hang", fakeFaults{hangSnapshot: true, hangResume: true}, "resuming the sandbox failed too"},
-		{"resume hangs", fakeFaults{hangResume: true}, "checkpoint: resume"},
+		{"snapshot and resume hang", fakeFaults{hangSnapshot: true, hangResume: true}, time.Millisecond,
+			"resuming the sandbox failed too"},
+		{"resume hangs", fakeFaults{hangResume: true}, time.Minute, "checkpoint: resume"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rt := &fakeRuntime{}
 			e := newSnapEnv(t, rt, nil)
-			// The bounds give up at once; what is tested is what follows.
-			e.m.calls = callTimeouts{pause: time.Minute, snapshot: time.Millisecond, resume: time.Millisecond}
+			// The bounds of the hung calls give up at once; what is tested
+			// is what follows.
+			e.m.calls = callTimeouts{pause: time.Minute, snapshot: tt.snapshotBound, resume: time.Millisecond}
 			ctx := ctxT(t, 30*time.Second)
 			s := e.ready(t, CreateRequest{})
 			rt.setFaults(tt.faults)
