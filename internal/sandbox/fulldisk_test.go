@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync/atomic"
@@ -14,60 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
 	"github.com/firecracker-vmm/firecracker-vmm/internal/store"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/testutil"
 )
-
-// mountNSEnv names the test that a child test process runs inside its own
-// mount namespace (see inMountNamespace).
-const mountNSEnv = "SANDBOX_TEST_MOUNT_NS"
-
-// inMountNamespace runs the calling top-level test again in a child test
-// process inside a new, private mount namespace (mounts made there never
-// reach the host, and vanish with the child) and reports false; in that
-// child it reports true, and the test goes on there. It skips without
-// root.
-func inMountNamespace(t *testing.T) bool {
-	t.Helper()
-	if os.Getenv(mountNSEnv) == t.Name() {
-		return true
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a mount namespace")
-	}
-	args := []string{"-test.run=^" + t.Name() + "$", "-test.count=1"}
-	if testing.Verbose() {
-		args = append(args, "-test.v")
-	}
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), mountNSEnv+"="+t.Name())
-	// CLONE_NEWNS in Unshareflags also makes every mount private (Go
-	// remounts / with MS_REC|MS_PRIVATE), so nothing propagates back.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("the test in its mount namespace failed: %v\n%s", err, out)
-	}
-	if !bytes.Contains(out, []byte("PASS")) {
-		t.Fatalf("the test in its mount namespace did not run:\n%s", out)
-	}
-	t.Logf("in its mount namespace:\n%s", out)
-	return false
-}
-
-// mountTmpfs mounts a tmpfs of size (e.g. "4m") on a new directory; only
-// inside a private mount namespace.
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "size="+size+",mode=0700"); err != nil {
-		t.Fatalf("mount a tmpfs: %v", err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
-	return dir
-}
 
 // fillFS writes path until its file system is full; the returned function
 // frees the space again.
@@ -109,10 +58,10 @@ func fillFS(t *testing.T, path string) (free func()) {
 // Create leaves nothing at all. Runs in a private mount namespace, with
 // the data dir on a small tmpfs.
 func TestFullDiskFake(t *testing.T) {
-	if !inMountNamespace(t) {
+	if !testutil.InMountNamespace(t) {
 		return
 	}
-	dataDir := mountTmpfs(t, "32m")
+	dataDir := testutil.MountTmpfs(t, "", "32m")
 	st := openStore(t, t.TempDir())
 	// bbolt overwrites the pages it has, so a full file system under the
 	// store fails its writes only once the file must grow: the store's
