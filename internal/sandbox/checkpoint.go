@@ -342,6 +342,10 @@ func (m *Manager) resume(ctx context.Context, inst *instance, mach machine) erro
 func (m *Manager) failUnresumed(ctx context.Context, inst *instance, resumeErr error) {
 	reason := fmt.Sprintf("the VMM did not resume after a checkpoint and was killed (%v)", resumeErr)
 	inst.mu.Lock()
+	if s := inst.rec.State; s != StateReady && s != StateRunning {
+		inst.mu.Unlock()
+		return // the VMM exited meanwhile: its watcher recorded it
+	}
 	inst.rec.FailureReason = reason
 	inst.rec.StoppedAt = m.now()
 	m.transitionLocked(inst, StateFailed, ActionFailed, map[string]string{"reason": reason})

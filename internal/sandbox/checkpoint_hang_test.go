@@ -3,10 +3,12 @@ package sandbox
 import (
 	"errors"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/errdefs"
+	"github.com/firecracker-vmm/firecracker-vmm/internal/vmm"
 )
 
 // A VMM that stops answering during a checkpoint (the emulator's "hang
@@ -138,4 +140,35 @@ func TestStopAndRemovePreemptHungCheckpointFake(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A VMM that exits while a checkpoint waits for its resume is recorded by
+// its watcher (failed: it exited unexpectedly); the checkpoint's failed
+// resume then changes nothing more.
+func TestCheckpointResumeOfExitedVMMFake(t *testing.T) {
+	rt := &fakeRuntime{}
+	e := newSnapEnv(t, rt, nil)
+	ctx := ctxT(t, 30*time.Second)
+	s := e.ready(t, CreateRequest{})
+	hung, release := make(chan string, 4), make(chan struct{})
+	rt.setFaults(fakeFaults{hangResume: true, hung: hung, release: release})
+	cpErr := make(chan error, 1)
+	go func() {
+		_, err := e.m.Checkpoint(ctx, CheckpointRequest{SandboxID: s.ID, Name: "x"})
+		cpErr <- err
+	}()
+	if call := <-hung; call != "resume" {
+		t.Fatalf("hung in %s", call)
+	}
+	rt.machineOf(t, s.Process.PID).exit(vmm.ExitStatus{Known: true, Signal: syscall.SIGSEGV})
+	e.rec.wait(t, s.ID, ActionExited, 5*time.Second)
+	close(release)
+	if err := <-cpErr; err == nil || !strings.Contains(err.Error(), "checkpoint: resume") {
+		t.Fatalf("checkpoint: %v, want the resume failed", err)
+	}
+	got, _ := e.m.Get(ctx, s.ID)
+	if got.State != StateFailed || !strings.Contains(got.FailureReason, "exited unexpectedly") {
+		t.Errorf("state %s reason %q, want failed as the watcher recorded it", got.State, got.FailureReason)
+	}
+	e.rec.expect(t, s.ID, "created/starting", "ready/ready", "exited/failed")
 }

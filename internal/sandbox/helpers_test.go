@@ -51,18 +51,19 @@ type fakeFaults struct {
 	snapshotErr error // CreateSnapshot fails with this error
 	resumeFails int   // this many Resume calls fail (then they succeed)
 	// hangSnapshot and hangResume make CreateSnapshot and Resume block
-	// until their context ends or the machine is killed, like a VMM that
-	// no longer answers; each call that blocks is announced on hung, if
-	// set.
+	// until their context ends or the machine is killed (or, when release
+	// is set, until it is closed instead), like a VMM that no longer
+	// answers; each call that blocks is announced on hung, if set.
 	hangSnapshot, hangResume bool
 	hung                     chan<- string
+	release                  <-chan struct{}
 }
 
 // hang blocks a call that the faults make hang (reporting it as call)
 // until ctx ends or the machine exits; it returns false at once otherwise.
 func (m *fakeMachine) hang(ctx context.Context, call string, on bool) (bool, error) {
 	m.rt.mu.Lock()
-	hung := m.rt.faults.hung
+	hung, release := m.rt.faults.hung, m.rt.faults.release
 	m.rt.mu.Unlock()
 	if !on {
 		return false, nil
@@ -70,11 +71,17 @@ func (m *fakeMachine) hang(ctx context.Context, call string, on bool) (bool, err
 	if hung != nil {
 		hung <- call
 	}
+	done := m.done
+	if release != nil {
+		done = nil
+	}
 	select {
 	case <-ctx.Done():
 		return true, fmt.Errorf("fake %s: %w", call, ctx.Err())
-	case <-m.done:
+	case <-done:
 		return true, fmt.Errorf("fake %s: the VMM was killed", call)
+	case <-release:
+		return true, fmt.Errorf("fake %s: no answer", call)
 	}
 }
 

@@ -100,10 +100,10 @@ type instance struct {
 	// 0 when no VMM runs or it is unknown.
 	pidStart uint64
 	// opCancel cancels the preemptible operation (a checkpoint) that holds
-	// the operation lock, nil when none does; preemptWanted is set by a
-	// Stop or Remove waiting to preempt it (see preempt).
+	// the operation lock, nil when none does; preemptWanted counts the
+	// Stops and Removes waiting to preempt it (see lockPreempting).
 	opCancel      context.CancelCauseFunc
-	preemptWanted bool
+	preemptWanted int
 }
 
 // lock takes the operation lock or fails when ctx ends first.
@@ -130,7 +130,7 @@ func (inst *instance) preemptible(ctx context.Context) (_ context.Context, end f
 	pctx, cancel := context.WithCancelCause(ctx)
 	inst.mu.Lock()
 	inst.opCancel = cancel
-	if inst.preemptWanted {
+	if inst.preemptWanted > 0 {
 		cancel(errPreempted)
 	}
 	inst.mu.Unlock()
@@ -171,7 +171,7 @@ func (inst *instance) lockPreempting(ctx context.Context, grace time.Duration) e
 		}
 	}
 	inst.mu.Lock()
-	inst.preemptWanted = true
+	inst.preemptWanted++
 	if inst.opCancel != nil {
 		inst.opCancel(errPreempted)
 		inst.log.Warn("preempting the operation in progress")
@@ -179,7 +179,7 @@ func (inst *instance) lockPreempting(ctx context.Context, grace time.Duration) e
 	inst.mu.Unlock()
 	err := inst.lock(ctx)
 	inst.mu.Lock()
-	inst.preemptWanted = false
+	inst.preemptWanted--
 	inst.mu.Unlock()
 	return err
 }
