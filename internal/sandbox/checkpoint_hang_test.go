@@ -172,3 +172,39 @@ func TestCheckpointResumeOfExitedVMMFake(t *testing.T) {
 	}
 	e.rec.expect(t, s.ID, "created/starting", "ready/ready", "exited/failed")
 }
+
+// A TTL that runs out during a hung checkpoint preempts it like Remove
+// --force: the sandbox is removed without waiting for the call's bound.
+func TestExpiryPreemptsHungCheckpointFake(t *testing.T) {
+	rt := &fakeRuntime{}
+	e := newSnapEnv(t, rt, nil)
+	s := e.ready(t, CreateRequest{})
+	hung := make(chan string, 4)
+	rt.setFaults(fakeFaults{hangSnapshot: true, hung: hung})
+	cpErr := make(chan error, 1)
+	go func() {
+		_, err := e.m.Checkpoint(t.Context(), CheckpointRequest{SandboxID: s.ID, Name: "x"})
+		cpErr <- err
+	}()
+	<-hung
+	expired := make(chan struct{})
+	go func() {
+		defer close(expired)
+		e.m.expire(s.ID) // what the TTL timer calls
+	}()
+	select {
+	case <-expired:
+	case <-ctxT(t, 5*time.Second).Done():
+		t.Fatal("expiry waited for the hung checkpoint")
+	}
+	if err := <-cpErr; !errors.Is(err, errdefs.ErrAborted) {
+		t.Errorf("the preempted checkpoint: %v, want Aborted", err)
+	}
+	if _, err := e.m.Get(t.Context(), s.ID); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("get after expiry: %v, want NotFound", err)
+	}
+	e.assertNoPartialSnapshot(t, 0)
+	if dirs := e.sandboxDirs(t); len(dirs) != 0 {
+		t.Errorf("left behind: %v", dirs)
+	}
+}

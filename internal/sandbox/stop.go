@@ -221,8 +221,9 @@ func (m *Manager) releaseAll(ctx context.Context, id string, limits vmm.Limits, 
 	return nil
 }
 
-// expire removes a sandbox whose TTL ran out. It runs on the timer's
-// goroutine, tracked by the manager's WaitGroup unless Shutdown has begun.
+// expire removes a sandbox whose TTL ran out, preempting a checkpoint in
+// progress as Remove --force does. It runs on the timer's goroutine,
+// tracked by the manager's WaitGroup unless Shutdown has begun.
 func (m *Manager) expire(id string) {
 	m.mu.Lock()
 	if m.closing {
@@ -239,7 +240,8 @@ func (m *Manager) expire(id string) {
 	defer m.wg.Done()
 
 	ctx := m.baseCtx
-	if err := inst.lock(ctx); err != nil {
+	// A forced removal: a checkpoint in progress is preempted.
+	if err := inst.lockPreempting(ctx, 0); err != nil {
 		return
 	}
 	defer inst.unlock()
