@@ -60,8 +60,9 @@ var _ SnapshotCatalog = (*snapshot.Catalog)(nil)
 
 // Checkpoint timing.
 const (
-	// resumeTimeout bounds each attempt to resume a paused sandbox; the
-	// resume runs even when the caller's context has ended.
+	// resumeTimeout bounds each attempt to resume a paused sandbox
+	// (callTimeouts.resume); the resume runs even when the caller's
+	// context has ended.
 	resumeTimeout = 10 * time.Second
 	// resumeRetryDelay separates the two resume attempts.
 	resumeRetryDelay = 50 * time.Millisecond
@@ -81,10 +82,14 @@ func errNoSnapshots() error {
 //
 // It runs with the sandbox's operation lock held, so that a concurrent Stop
 // or Remove waits for it (or, when it came first, makes it fail with
-// FailedPrecondition). The sandbox is resumed whatever fails after the
-// pause (a failed resume is retried once), its state never changes, and a
-// failed checkpoint leaves nothing in the catalog; the error names the step
-// that failed.
+// FailedPrecondition); a Remove with force, or a Stop once its timeout has
+// passed, interrupts it (Aborted) and kills the VMM. Every VMM call is
+// bounded (callTimeouts). The sandbox is resumed whatever fails after the
+// pause (a failed resume is retried once); a VM that cannot be resumed
+// (the VMM refuses or no longer answers) is never left paused and shown
+// as ready: the sandbox becomes FAILED, with the reason, and its VMM is
+// killed. Otherwise its state never changes. A failed checkpoint leaves
+// nothing in the catalog; the error names the step that failed.
 func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapshot.Meta, error) {
 	cat := m.cfg.Snapshots
 	if err := snapshot.ValidName(req.Name); err != nil {
@@ -98,6 +103,9 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 		return snapshot.Meta{}, fmt.Errorf("checkpoint: %w", err)
 	}
 	defer inst.unlock()
+	// A Stop or Remove may preempt the checkpoint (it then owns the VMM).
+	ctx, endOp := inst.preemptible(ctx)
+	defer endOp()
 	inst.mu.Lock()
 	rec := inst.snapshotLocked()
 	mach := inst.vm
@@ -168,27 +176,43 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 	var pausedAt time.Time
 	snapshotTried := false
 	failedStep, stepErr := func() (string, error) {
-		if err := mach.Pause(ctx); err != nil {
+		pctx, cancel := context.WithTimeout(ctx, m.calls.pause)
+		defer cancel()
+		if err := mach.Pause(pctx); err != nil {
 			return "pause", err
 		}
 		pausedAt = time.Now()
 		m.crash(CrashCheckpointPaused)
 		snapshotTried = true
-		err := mach.CreateSnapshot(ctx, vmm.SnapshotSpec{StatePath: stateWrite, MemPath: memWrite, Diff: req.Diff})
+		sctx, cancel := context.WithTimeout(ctx, m.calls.snapshot)
+		defer cancel()
+		err := mach.CreateSnapshot(sctx, vmm.SnapshotSpec{StatePath: stateWrite, MemPath: memWrite, Diff: req.Diff})
 		if err != nil {
 			return "snapshot create", err
 		}
 		// The disk is copied while the guest cannot write to it: a memory
 		// image restored over a different disk corrupts the guest.
-		if err := m.cloneDisk(ctx, rec.Hardware.Disk, p.DiskPath); err != nil {
+		if err := m.cloneDisk(sctx, rec.Hardware.Disk, p.DiskPath); err != nil {
 			return "disk copy", err
 		}
 		m.crash(CrashCheckpointWritten)
 		return "", nil
 	}()
+	if preempted(ctx) {
+		// The Stop or Remove that preempted the checkpoint kills the VMM:
+		// no resume (a VMM that hangs would delay it).
+		if stepErr == nil {
+			stepErr = context.Cause(ctx)
+		}
+		inst.log.Warn("checkpoint interrupted by a stop or removal", "name", req.Name, "step", failedStep)
+		return snapshot.Meta{}, fmt.Errorf("checkpoint: %s: %w: %w", failedStepOr(failedStep), stepErr, errdefs.ErrAborted)
+	}
 	resumeErr := m.resume(ctx, inst, mach)
 	if resumeErr == nil && stepErr == nil {
 		m.crash(CrashCheckpointResumed)
+	}
+	if resumeErr != nil && preempted(ctx) {
+		return snapshot.Meta{}, fmt.Errorf("checkpoint: resume: %w: %w", context.Cause(ctx), errdefs.ErrAborted)
 	}
 	var pause time.Duration
 	if !pausedAt.IsZero() {
@@ -211,12 +235,14 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 	}
 	switch {
 	case stepErr != nil && resumeErr != nil:
-		return fail(fmt.Errorf("%w (and resuming the sandbox failed too, it may be left paused: %v)",
+		m.failUnresumed(ctx, inst, resumeErr)
+		return fail(fmt.Errorf("%w (and resuming the sandbox failed too: the sandbox failed and its VMM was killed: %v)",
 			checkpointError(failedStep, stepErr), resumeErr))
 	case stepErr != nil:
 		return fail(checkpointError(failedStep, stepErr))
 	case resumeErr != nil:
-		return fail(fmt.Errorf("checkpoint: resume (the sandbox may be left paused): %w", resumeErr))
+		m.failUnresumed(ctx, inst, resumeErr)
+		return fail(fmt.Errorf("checkpoint: resume (the sandbox failed and its VMM was killed): %w", resumeErr))
 	}
 
 	if err := ws.Collect(ctx, stateWrite, p.VMStatePath, m.cloneDisk); err != nil {
@@ -280,32 +306,21 @@ func (m *Manager) Checkpoint(ctx context.Context, req CheckpointRequest) (snapsh
 	return meta, nil
 }
 
-// resume resumes a sandbox after a checkpoint's pause, on a context that
-// the caller's cancellation does not end, retrying once.
-func (m *Manager) resume(ctx context.Context, inst *instance, mach machine) error {
-	attempt := func() error {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resumeTimeout)
-		defer cancel()
-		return mach.Resume(rctx)
-	}
-	err := attempt()
-	if err == nil {
-		return nil
-	}
-	inst.log.Warn("resuming after a checkpoint failed; retrying", "error", err)
-	time.Sleep(resumeRetryDelay)
-	if err2 := attempt(); err2 != nil {
-		return fmt.Errorf("%w (retry: %v)", err, err2)
-	}
-	return nil
-}
-
 // checkpointError names the failed step; a full disk is ResourceExhausted.
 func checkpointError(step string, err error) error {
-	if isNoSpace(err) {
-		return fmt.Errorf("checkpoint: %s: no space left on device: %w: %w", step, err, errdefs.ErrResourceExhausted)
+	return fmt.Errorf("checkpoint: %s: %w", step, noSpace(err))
+}
+
+// noSpace returns err, classed ResourceExhausted (and said to be a full
+// disk) when it is ENOSPC or EDQUOT (isNoSpace).
+func noSpace(err error) error {
+	if err == nil || !isNoSpace(err) {
+		return err
 	}
-	return fmt.Errorf("checkpoint: %s: %w", step, err)
+	if errors.Is(err, errdefs.ErrResourceExhausted) {
+		return err
+	}
+	return fmt.Errorf("no space left on device: %w: %w", err, errdefs.ErrResourceExhausted)
 }
 
 // isNoSpace reports whether err is ENOSPC, locally or as reported by

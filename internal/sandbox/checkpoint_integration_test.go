@@ -205,7 +205,9 @@ func TestEmulatorCheckpointRestore(t *testing.T) {
 }
 
 // TestEmulatorCheckpointFaults injects a failure at each step of a
-// checkpoint: the sandbox stays ready and running and no snapshot remains.
+// checkpoint: the sandbox stays ready and running and no snapshot remains,
+// or, when the VM cannot be resumed, the sandbox fails and its VMM is
+// killed.
 func TestEmulatorCheckpointFaults(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -220,7 +222,7 @@ func TestEmulatorCheckpointFaults(t *testing.T) {
 		{name: "pause", faults: "fail PATCH /vm#Paused", wantErr: "checkpoint: pause", wantState: firecracker.StateRunning},
 		{name: "disk copy", breakDisk: true, wantErr: "checkpoint: disk copy", wantState: firecracker.StateRunning},
 		{name: "first resume", faults: "fail PATCH /vm#Resumed@1", wantState: firecracker.StateRunning},
-		{name: "every resume", faults: "fail PATCH /vm#Resumed", wantErr: "checkpoint: resume", wantState: firecracker.StatePaused},
+		{name: "every resume", faults: "fail PATCH /vm#Resumed", wantErr: "checkpoint: resume"}, // failed
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -252,6 +254,20 @@ func TestEmulatorCheckpointFaults(t *testing.T) {
 			if tt.wantClass == errdefs.ErrResourceExhausted && !strings.Contains(err.Error(), "no space left on device") {
 				t.Errorf("error %q does not say the disk is full", err)
 			}
+			if tt.wantState == "" {
+				// Not resumed: failed, the VMM killed.
+				if got, _ := e.m.Get(ctx, s.ID); got.State != StateFailed || got.Process.PID != 0 {
+					t.Errorf("state %s pid %d, want failed without a VMM", got.State, got.Process.PID)
+				}
+				if pids := testutil.ProcessesOf(exe); len(pids) != 0 {
+					t.Errorf("the VMM that did not resume still runs: %v", pids)
+				}
+				e.assertNoPartialSnapshot(t, 0)
+				if err := e.m.Remove(ctx, s.ID, false); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
 			if got, _ := e.m.Get(ctx, s.ID); got.State != StateReady {
 				t.Errorf("state %s", got.State)
 			}
@@ -274,6 +290,90 @@ func TestEmulatorCheckpointFaults(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEmulatorHungCheckpoint hangs the emulator in PUT /snapshot/create
+// (it then serves no other request: both resumes hang too). Once the
+// bounded calls give up, the sandbox is FAILED and its VMM killed, never
+// a paused VM shown as ready; a Remove --force during the hang, bounded
+// far below the calls' own bounds, preempts the checkpoint and returns
+// promptly, leaving nothing.
+func TestEmulatorHungCheckpoint(t *testing.T) {
+	for _, preempt := range []bool{false, true} {
+		name := "bounded"
+		if preempt {
+			name = "remove --force preempts"
+		}
+		t.Run(name, func(t *testing.T) {
+			e, exe := emuSnapEnv(t, "FCEMU_FAULTS=hang PUT /snapshot/create")
+			if !preempt {
+				e.m.calls = callTimeouts{pause: 10 * time.Second, snapshot: 100 * time.Millisecond, resume: 100 * time.Millisecond}
+			}
+			ctx := ctxT(t, 60*time.Second)
+			s, err := e.m.Create(ctx, CreateRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s = e.waitState(t, s.ID, StateReady, 15*time.Second)
+			cpErr := make(chan error, 1)
+			go func() {
+				_, err := e.m.Checkpoint(ctx, CheckpointRequest{SandboxID: s.ID, Name: "hung"})
+				cpErr <- err
+			}()
+			if !preempt {
+				if err := <-cpErr; err == nil || !strings.Contains(err.Error(), "resuming the sandbox failed too") {
+					t.Fatalf("checkpoint: %v, want the snapshot and the resume failed", err)
+				}
+				got, _ := e.m.Get(ctx, s.ID)
+				if got.State != StateFailed || !strings.Contains(got.FailureReason, "did not resume") {
+					t.Errorf("state %s reason %q, want failed", got.State, got.FailureReason)
+				}
+				if pids := testutil.ProcessesOf(exe); len(pids) != 0 {
+					t.Errorf("the hung VMM still runs: %v", pids)
+				}
+				if err := e.m.Remove(ctx, s.ID, false); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				// The checkpoint holds the lock once its pending snapshot
+				// exists.
+				for len(pendingSnapshots(t, e)) == 0 {
+					select {
+					case err := <-cpErr:
+						t.Fatalf("checkpoint returned: %v", err)
+					case <-time.After(5 * time.Millisecond):
+					}
+				}
+				rctx := ctxT(t, 5*time.Second)
+				if err := e.m.Remove(rctx, s.ID, true); err != nil {
+					t.Fatalf("remove --force during the hung checkpoint: %v", err)
+				}
+				if err := <-cpErr; !errors.Is(err, errdefs.ErrAborted) {
+					t.Errorf("the preempted checkpoint: %v, want Aborted", err)
+				}
+			}
+			e.assertNoPartialSnapshot(t, 0)
+			if dirs := e.sandboxDirs(t); len(dirs) != 0 {
+				t.Errorf("left behind: %v", dirs)
+			}
+			if pids := testutil.ProcessesOf(exe); len(pids) != 0 {
+				t.Errorf("processes left: %v", pids)
+			}
+		})
+	}
+}
+
+// pendingSnapshots lists the catalog's temporary snapshot directories.
+func pendingSnapshots(t *testing.T, e *snapEnv) []string {
+	t.Helper()
+	var out []string
+	_ = filepath.WalkDir(filepath.Join(e.dataDir, "snapshots"), func(path string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), ".tmp-") {
+			out = append(out, path)
+		}
+		return nil
+	})
+	return out
 }
 
 // TestEmulatorConcurrentCheckpointAndStop races a checkpoint and a stop on

@@ -205,7 +205,9 @@ func TestCheckpointFailuresFake(t *testing.T) {
 		wantStep  string
 		wantClass error
 		wantCalls []string
-		paused    bool // the sandbox stays paused (both resumes failed)
+		// failed: both resumes failed, so the sandbox is FAILED and its
+		// VMM killed, never left paused and shown as ready.
+		failed bool
 	}{
 		{"pause", fakeFaults{pauseErr: boom}, nil, "checkpoint: pause: boom", nil,
 			[]string{"pause", "resume"}, false},
@@ -252,13 +254,30 @@ func TestCheckpointFailuresFake(t *testing.T) {
 				t.Errorf("calls %v, want %v", got, tt.wantCalls)
 			}
 			got, _ := e.m.Get(ctx, s.ID)
+			mach := rt.machineOf(t, s.Process.PID)
+			e.assertNoPartialSnapshot(t, 1)
+			if tt.failed {
+				if got.State != StateFailed || got.Process.PID != 0 || !strings.Contains(got.FailureReason, "did not resume") {
+					t.Errorf("after a failed resume: state %s pid %d reason %q, want failed, no pid, the reason",
+						got.State, got.Process.PID, got.FailureReason)
+				}
+				select {
+				case <-mach.Done():
+				default:
+					t.Error("the VMM that did not resume still runs")
+				}
+				e.rec.expect(t, s.ID, "created/starting", "ready/ready", "checkpointed/ready", "failed/failed")
+				if _, err := e.m.Checkpoint(ctx, CheckpointRequest{SandboxID: s.ID, Name: "third"}); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+					t.Errorf("checkpoint of the failed sandbox: %v, want FailedPrecondition", err)
+				}
+				return
+			}
 			if got.State != StateReady {
 				t.Errorf("state %s after a failed checkpoint", got.State)
 			}
-			if p := rt.machineOf(t, got.Process.PID).isPaused(); p != tt.paused {
-				t.Errorf("paused %v, want %v", p, tt.paused)
+			if mach.isPaused() {
+				t.Error("the sandbox was left paused")
 			}
-			e.assertNoPartialSnapshot(t, 1)
 			// Events reach the recorder asynchronously: wait for the first
 			// checkpoint's before counting.
 			e.rec.wait(t, s.ID, ActionCheckpointed, 5*time.Second)

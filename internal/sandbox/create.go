@@ -54,7 +54,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		if ctx.Err() != nil {
 			return Sandbox{}, fmt.Errorf("create: copying the rootfs: %w", ctx.Err())
 		}
-		return Sandbox{}, fmt.Errorf("create: copying the rootfs: %w", err)
+		return Sandbox{}, fmt.Errorf("create: copying the rootfs: %w", noSpace(err))
 	}
 	if err := ws.Own(diskPath); err != nil {
 		return Sandbox{}, fmt.Errorf("create: %w", err)

@@ -50,6 +50,39 @@ type fakeFaults struct {
 	pauseErr    error // Pause fails with this error
 	snapshotErr error // CreateSnapshot fails with this error
 	resumeFails int   // this many Resume calls fail (then they succeed)
+	// hangSnapshot and hangResume make CreateSnapshot and Resume block
+	// until their context ends or the machine is killed (or, when release
+	// is set, until it is closed instead), like a VMM that no longer
+	// answers; each call that blocks is announced on hung, if set.
+	hangSnapshot, hangResume bool
+	hung                     chan<- string
+	release                  <-chan struct{}
+}
+
+// hang blocks a call that the faults make hang (reporting it as call)
+// until ctx ends or the machine exits; it returns false at once otherwise.
+func (m *fakeMachine) hang(ctx context.Context, call string, on bool) (bool, error) {
+	m.rt.mu.Lock()
+	hung, release := m.rt.faults.hung, m.rt.faults.release
+	m.rt.mu.Unlock()
+	if !on {
+		return false, nil
+	}
+	if hung != nil {
+		hung <- call
+	}
+	done := m.done
+	if release != nil {
+		done = nil
+	}
+	select {
+	case <-ctx.Done():
+		return true, fmt.Errorf("fake %s: %w", call, ctx.Err())
+	case <-done:
+		return true, fmt.Errorf("fake %s: the VMM was killed", call)
+	case <-release:
+		return true, fmt.Errorf("fake %s: no answer", call)
+	}
 }
 
 // setFaults replaces the injected faults.
@@ -264,7 +297,11 @@ func (m *fakeMachine) Resume(ctx context.Context) error {
 	if fail {
 		m.rt.faults.resumeFails--
 	}
+	hang := m.rt.faults.hangResume
 	m.rt.mu.Unlock()
+	if hung, err := m.hang(ctx, "resume", hang); hung {
+		return err
+	}
 	if fail {
 		return errors.New("fake resume failure")
 	}
@@ -283,8 +320,11 @@ func (m *fakeMachine) CreateSnapshot(ctx context.Context, p vmm.SnapshotSpec) er
 	}
 	m.rt.record("snapshot " + typ)
 	m.rt.mu.Lock()
-	err := m.rt.faults.snapshotErr
+	err, hang := m.rt.faults.snapshotErr, m.rt.faults.hangSnapshot
 	m.rt.mu.Unlock()
+	if hung, err := m.hang(ctx, "snapshot", hang); hung {
+		return err
+	}
 	if err != nil {
 		return err
 	}

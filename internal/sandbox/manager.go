@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -40,6 +41,9 @@ type Manager struct {
 	// place is Config.Launcher's placement of VMM files (directory or
 	// jail).
 	place placement
+	// calls bounds the VMM calls made under an operation lock (tests
+	// shorten them).
+	calls callTimeouts
 
 	// baseCtx parents every background goroutine's context; it is
 	// cancelled at the end of Shutdown.
@@ -95,6 +99,11 @@ type instance struct {
 	// pidStart is the VMM's process start time (vmm.ProcessStartTime),
 	// 0 when no VMM runs or it is unknown.
 	pidStart uint64
+	// opCancel cancels the preemptible operation (a checkpoint) that holds
+	// the operation lock, nil when none does; preemptWanted counts the
+	// Stops and Removes waiting to preempt it (see lockPreempting).
+	opCancel      context.CancelCauseFunc
+	preemptWanted int
 }
 
 // lock takes the operation lock or fails when ctx ends first.
@@ -108,6 +117,92 @@ func (inst *instance) lock(ctx context.Context) error {
 }
 
 func (inst *instance) unlock() { <-inst.op }
+
+// errPreempted is the cause of a preemptible operation's context when a
+// Stop or Remove preempted it.
+var errPreempted = errors.New("interrupted by a stop or removal of the sandbox")
+
+// preemptible returns the context of an operation that holds inst's
+// operation lock and that a Stop or Remove may preempt (a checkpoint): it
+// ends with ctx or when preempt is called. The caller calls end, before
+// it releases the operation lock.
+func (inst *instance) preemptible(ctx context.Context) (_ context.Context, end func()) {
+	pctx, cancel := context.WithCancelCause(ctx)
+	inst.mu.Lock()
+	inst.opCancel = cancel
+	if inst.preemptWanted > 0 {
+		cancel(errPreempted)
+	}
+	inst.mu.Unlock()
+	return pctx, func() {
+		inst.mu.Lock()
+		inst.opCancel = nil
+		inst.mu.Unlock()
+		cancel(nil)
+	}
+}
+
+// preempted reports whether ctx, of a preemptible operation, was
+// preempted.
+func preempted(ctx context.Context) bool { return errors.Is(context.Cause(ctx), errPreempted) }
+
+// lockPreempting takes the operation lock for a Stop or Remove: it waits
+// up to grace for the operation in progress, then preempts it (cancels
+// its context; the operation leaves the VMM to the caller, which stops
+// or kills it) and waits for the lock until ctx ends. Only preemptible
+// operations are cut short; the others are bounded (every VMM call and
+// store write under the lock has a timeout).
+func (inst *instance) lockPreempting(ctx context.Context, grace time.Duration) error {
+	select {
+	case inst.op <- struct{}{}:
+		return nil
+	default:
+	}
+	if grace > 0 {
+		t := time.NewTimer(grace)
+		select {
+		case inst.op <- struct{}{}:
+			t.Stop()
+			return nil
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("sandbox %s: waiting for a concurrent operation: %w", inst.id, ctx.Err())
+		case <-t.C:
+		}
+	}
+	inst.mu.Lock()
+	inst.preemptWanted++
+	if inst.opCancel != nil {
+		inst.opCancel(errPreempted)
+		inst.log.Warn("preempting the operation in progress")
+	}
+	inst.mu.Unlock()
+	err := inst.lock(ctx)
+	inst.mu.Lock()
+	inst.preemptWanted--
+	inst.mu.Unlock()
+	return err
+}
+
+// callTimeouts bound the VMM calls a checkpoint makes with the sandbox's
+// operation lock held, so that a VMM that stops answering cannot hold the
+// lock for longer.
+type callTimeouts struct {
+	// pause bounds PUT /vm Paused.
+	pause time.Duration
+	// snapshot bounds PUT /snapshot/create (which writes the guest's
+	// memory) and the disk copy.
+	snapshot time.Duration
+	// resume bounds each of the two attempts to resume the VM; the resume
+	// runs even when the caller's context has ended.
+	resume time.Duration
+}
+
+// The production bounds of callTimeouts.
+const (
+	pauseTimeout    = 10 * time.Second
+	snapshotTimeout = 2 * time.Minute
+)
 
 // snapshotLocked returns a deep copy of the record. inst.mu must be held.
 func (inst *instance) snapshotLocked() Sandbox {
@@ -146,6 +241,7 @@ func newManager(cfg Config, rt runtime) (*Manager, error) {
 		now:          time.Now,
 		sandboxesDir: filepath.Join(cfg.DataDir, "sandboxes"),
 		cloneDisk:    cloneNoSync,
+		calls:        callTimeouts{pause: pauseTimeout, snapshot: snapshotTimeout, resume: resumeTimeout},
 		baseCtx:      ctx,
 		baseCancel:   cancel,
 		shutdownDone: make(chan struct{}),
@@ -192,11 +288,16 @@ func notFound(id string) error { return fmt.Errorf("sandbox %s: %w", id, errdefs
 // lockLive finds id and takes its operation lock; the sandbox is still
 // registered when it returns nil. The caller unlocks.
 func (m *Manager) lockLive(ctx context.Context, id string) (*instance, error) {
+	return m.lockLiveWith(ctx, id, (*instance).lock)
+}
+
+// lockLiveWith is lockLive, taking the operation lock with lock.
+func (m *Manager) lockLiveWith(ctx context.Context, id string, lock func(*instance, context.Context) error) (*instance, error) {
 	inst, err := m.lookup(id)
 	if err != nil {
 		return nil, err
 	}
-	if err := inst.lock(ctx); err != nil {
+	if err := lock(inst, ctx); err != nil {
 		return nil, err
 	}
 	inst.mu.Lock()

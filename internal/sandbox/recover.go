@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,7 +64,13 @@ func (m *Manager) Recover(ctx context.Context) error {
 			live = append(live, r)
 		}
 	}
-	machs := m.adoptAll(ctx, live)
+	// Every path the daemon acts on is derived from the id, never taken
+	// from the record: a record that names other paths is not adopted.
+	untrusted := make([]string, len(live))
+	for i := range live {
+		live[i], untrusted[i] = m.ownPaths(live[i])
+	}
+	machs := m.adoptAll(ctx, live, untrusted)
 	keep := map[int]bool{}
 	for _, mach := range machs {
 		if mach != nil {
@@ -77,7 +84,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 	}
 	var expired []string
 	for i, r := range live {
-		inst := m.recoverOne(ctx, r, machs[i])
+		inst := m.recoverOne(ctx, r, machs[i], untrusted[i])
 		inst.mu.Lock()
 		if !inst.rec.ExpiresAt.IsZero() {
 			left := inst.rec.ExpiresAt.Sub(m.now())
@@ -99,9 +106,10 @@ func (m *Manager) Recover(ctx context.Context) error {
 }
 
 // adoptAll adopts the VMM of each record that should have one, at most
-// adoptParallelism at a time; machs[i] is recs[i]'s machine, nil when none
-// runs (or none could be adopted).
-func (m *Manager) adoptAll(ctx context.Context, recs []store.SandboxRecord) []machine {
+// adoptParallelism at a time, except those whose untrusted entry is set;
+// machs[i] is recs[i]'s machine, nil when none runs (or none could be
+// adopted).
+func (m *Manager) adoptAll(ctx context.Context, recs []store.SandboxRecord, untrusted []string) []machine {
 	machs := make([]machine, len(recs))
 	sem := make(chan struct{}, adoptParallelism)
 	var wg sync.WaitGroup
@@ -109,6 +117,8 @@ func (m *Manager) adoptAll(ctx context.Context, recs []store.SandboxRecord) []ma
 		state := State(r.State)
 		var adopt func(context.Context, store.SandboxRecord) (machine, error)
 		switch {
+		case untrusted[i] != "":
+			continue
 		case !state.Final() && r.Process.PID > 0:
 			adopt = m.adoptRecorded
 		case state == StateStarting:
@@ -133,8 +143,62 @@ func (m *Manager) adoptAll(ctx context.Context, recs []store.SandboxRecord) []ma
 	return machs
 }
 
-// adoptSpec is what r knows of its VMM. The VMM's own directory is derived
-// from the id, never taken from the record.
+// ownPaths returns r with every path the daemon acts on (its directory,
+// disk, API socket, console, log, metrics, vsock socket and chroot)
+// derived from its id, the data dir and the launcher's layout, and, when
+// r named any other path, why it cannot be trusted ("" when it named only
+// its own).
+func (m *Manager) ownPaths(r store.SandboxRecord) (store.SandboxRecord, string) {
+	dir := filepath.Join(m.sandboxesDir, r.ID)
+	ws, err := m.place.Layout(r.ID, dir, vmm.Limits{VCPUs: r.Hardware.VCPUs, MemoryMiB: r.Hardware.MemoryMiB})
+	if err != nil {
+		// Nothing can be checked: nothing recorded is used.
+		r.Dir, r.Hardware.Disk = dir, filepath.Join(dir, DiskName)
+		r.Process = store.ProcessRecord{}
+		return r, fmt.Sprintf("its paths cannot be derived (%v); its VMM was not adopted", err)
+	}
+	own := processOf(ws)
+	p := &r.Process
+	// An empty path names nothing: it is no mismatch and gets the derived
+	// one, except the vsock socket's (empty: the sandbox has none).
+	checks := []struct {
+		name      string
+		got       *string
+		want      string
+		keepEmpty bool
+	}{
+		{"directory", &r.Dir, dir, false},
+		{"disk", &r.Hardware.Disk, ws.Path(DiskName), false},
+		{"API socket", &p.APISocket, own.APISocket, false},
+		{"console", &p.ConsolePath, own.ConsolePath, false},
+		{"log", &p.LogPath, own.LogPath, false},
+		{"metrics", &p.MetricsPath, own.MetricsPath, false},
+		{"vsock socket", &p.VsockPath, own.VsockPath, true},
+		{"chroot", &p.Chroot, own.Chroot, false},
+	}
+	var bad []string
+	for _, c := range checks {
+		switch {
+		case *c.got == c.want || (*c.got == "" && c.keepEmpty):
+		case *c.got == "":
+			*c.got = c.want
+		default:
+			bad = append(bad, fmt.Sprintf("%s %s, not %s", c.name, strconv.Quote(*c.got), strconv.Quote(c.want)))
+			*c.got = c.want
+		}
+	}
+	if p.Jailed != own.Jailed {
+		bad = append(bad, fmt.Sprintf("jailed %v, not %v", p.Jailed, own.Jailed))
+		p.Jailed = own.Jailed
+	}
+	if len(bad) == 0 {
+		return r, ""
+	}
+	return r, fmt.Sprintf("its stored record names paths that are not its own (%s); its VMM was not adopted",
+		strings.Join(bad, "; "))
+}
+
+// adoptSpec is what r knows of its VMM; r's paths are its own (ownPaths).
 func (m *Manager) adoptSpec(r store.SandboxRecord, pid int, startTime uint64) vmm.AdoptSpec {
 	return vmm.AdoptSpec{
 		ID: r.ID, PID: pid, PIDStartTime: startTime, Dir: filepath.Join(m.sandboxesDir, r.ID),
@@ -210,17 +274,19 @@ func (m *Manager) resumeAdopted(ctx context.Context, r store.SandboxRecord, mach
 }
 
 // recoverOne registers the sandbox of one record; mach is its re-adopted
-// VMM, or nil when none runs.
-func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach machine) *instance {
+// VMM, or nil when none runs. untrusted, when set, says why the record's
+// paths were not trusted (ownPaths): the sandbox was not adopted and, had
+// it been live, fails with that reason.
+func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach machine, untrusted string) *instance {
 	log := m.log.With("sandbox", r.ID)
 	inst := &instance{
 		id: r.ID, op: make(chan struct{}, 1), cancel: func() {}, done: make(chan struct{}), log: log,
 		rec: sandboxOf(r), limits: vmm.Limits{VCPUs: r.Hardware.VCPUs, MemoryMiB: r.Hardware.MemoryMiB},
 		pidStart: r.Process.PIDStartTime,
 	}
-	// Paths the daemon acts on are derived from the id, never taken from
-	// the record.
-	inst.rec.Dir = filepath.Join(m.sandboxesDir, r.ID)
+	if untrusted != "" {
+		log.Error("sandbox record not trusted", "reason", untrusted)
+	}
 	if r.Network.IP != "" {
 		if ip, err := netip.ParseAddr(r.Network.IP); err != nil {
 			log.Error("stored address", "ip", r.Network.IP, "error", err)
@@ -249,7 +315,13 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 	switch {
 	case state.Final():
 		close(inst.done)
+		if untrusted != "" {
+			inst.markLocked() // the store gets its own paths
+		}
 		inst.mu.Unlock()
+		if untrusted != "" {
+			m.flushLogged(ctx, inst)
+		}
 		log.Info("sandbox recovered", "state", string(state))
 		return inst
 	case live:
@@ -288,6 +360,10 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 		to, action = StateFailed, ActionFailed
 	case StateStopping:
 		action = ActionStopped
+	}
+	if untrusted != "" && state != StateStopping {
+		to, action = StateFailed, ActionFailed
+		attrs = map[string]string{"reason": untrusted}
 	}
 	inst.rec.Process.PID = 0
 	inst.pidStart = 0

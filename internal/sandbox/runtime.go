@@ -32,6 +32,8 @@ type placement interface {
 	// Workspace prepares where VMM id, whose own directory is dir, finds
 	// its files.
 	Workspace(id, dir string, limits vmm.Limits) (vmm.Workspace, error)
+	// Layout returns Workspace's paths without creating anything.
+	Layout(id, dir string, limits vmm.Limits) (vmm.Workspace, error)
 	// ReleaseWorkspace removes what Workspace made outside dir (a jail
 	// and the cgroups of limits); idempotent, and only once no VMM of id
 	// runs.

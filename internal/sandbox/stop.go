@@ -15,8 +15,16 @@ import (
 
 // Stop stops a sandbox gracefully within timeout (0: Config.StopTimeout),
 // then forcibly, and returns it in StateStopped. A sandbox that is still
-// starting has its boot cancelled. Stopping a stopped or failed sandbox is
-// a FailedPrecondition.
+// starting has its boot cancelled. When the stopped record cannot be
+// written (a full disk: ResourceExhausted) Stop fails although the VMM is
+// stopped and Get shows it stopped; the store still holds the record it
+// had (a restart finds the recorded VMM gone and records the sandbox
+// stopped), and the next successful write of the sandbox's record stores
+// the stop: a retried Stop writes it (and then answers FailedPrecondition,
+// already stopped), as does a Remove. Stopping a stopped or failed sandbox is
+// a FailedPrecondition. A checkpoint in progress is waited for up to
+// timeout, then interrupted (it fails with Aborted and leaves no
+// snapshot).
 func (m *Manager) Stop(ctx context.Context, id string, timeout time.Duration) (Sandbox, error) {
 	if timeout < 0 {
 		return Sandbox{}, fmt.Errorf("stop timeout %v: must not be negative: %w", timeout, errdefs.ErrInvalidArgument)
@@ -24,7 +32,9 @@ func (m *Manager) Stop(ctx context.Context, id string, timeout time.Duration) (S
 	if timeout == 0 {
 		timeout = m.cfg.StopTimeout
 	}
-	inst, err := m.lockLive(ctx, id)
+	inst, err := m.lockLiveWith(ctx, id, func(inst *instance, ctx context.Context) error {
+		return inst.lockPreempting(ctx, timeout)
+	})
 	if err != nil {
 		return Sandbox{}, err
 	}
@@ -47,11 +57,16 @@ func (m *Manager) stopOp(ctx context.Context, inst *instance, timeout time.Durat
 	inst.mu.Lock()
 	from := inst.rec.State
 	switch from {
-	case StateStopped:
+	case StateStopped, StateFailed:
 		inst.mu.Unlock()
-		return fmt.Errorf("sandbox %s is already stopped: %w", inst.id, errdefs.ErrFailedPrecondition)
-	case StateFailed:
-		inst.mu.Unlock()
+		// A stop whose record could not be written is written now, or
+		// reported again.
+		if err := m.flush(ctx, inst); err != nil {
+			return err
+		}
+		if from == StateStopped {
+			return fmt.Errorf("sandbox %s is already stopped: %w", inst.id, errdefs.ErrFailedPrecondition)
+		}
 		return fmt.Errorf("sandbox %s has failed and is not running (remove it): %w", inst.id, errdefs.ErrFailedPrecondition)
 	}
 	if !m.transitionLocked(inst, StateStopping, ActionStopping, map[string]string{"reason": reason}) {
@@ -110,11 +125,18 @@ func (m *Manager) stopOp(ctx context.Context, inst *instance, timeout time.Durat
 	return m.flush(ctx, inst)
 }
 
-// Remove deletes a sandbox and every resource it holds. A sandbox that is
-// not stopped or failed needs force, which kills its VMM (or cancels its
-// boot) without a graceful wait.
+// Remove deletes a sandbox and every resource it holds. When its record
+// cannot be written (a full disk: ResourceExhausted) nothing is released
+// and the sandbox stays, stopped when force had stopped it. A sandbox that
+// is not stopped or failed needs force, which kills its VMM (or cancels its
+// boot) without a graceful wait, and interrupts a checkpoint in progress
+// at once (it fails with Aborted and leaves no snapshot).
 func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
-	inst, err := m.lockLive(ctx, id)
+	lock := (*instance).lock
+	if force {
+		lock = func(inst *instance, ctx context.Context) error { return inst.lockPreempting(ctx, 0) }
+	}
+	inst, err := m.lockLiveWith(ctx, id, lock)
 	if err != nil {
 		return err
 	}
@@ -142,13 +164,22 @@ func (m *Manager) removeOp(ctx context.Context, inst *instance, force bool, reas
 	// Record the intent first: a daemon that dies from here on leaves a
 	// record that the next start finishes removing, never a record whose
 	// resources are half gone.
-	if !inst.removing {
+	marked := !inst.removing
+	if marked {
 		inst.removing = true
 		inst.markLocked()
 	}
 	inst.mu.Unlock()
 	if err := m.flush(ctx, inst); err != nil {
-		// Nothing was released, and the TTL (if any) still runs.
+		// Nothing was released, and the TTL (if any) still runs: the
+		// sandbox stays as it was, and no later write of its record may
+		// say it is being removed.
+		if marked {
+			inst.mu.Lock()
+			inst.removing = false
+			inst.markLocked()
+			inst.mu.Unlock()
+		}
 		return fmt.Errorf("remove: recording the removal before releasing anything: %w", err)
 	}
 	inst.mu.Lock()
@@ -190,8 +221,9 @@ func (m *Manager) releaseAll(ctx context.Context, id string, limits vmm.Limits, 
 	return nil
 }
 
-// expire removes a sandbox whose TTL ran out. It runs on the timer's
-// goroutine, tracked by the manager's WaitGroup unless Shutdown has begun.
+// expire removes a sandbox whose TTL ran out, preempting a checkpoint in
+// progress as Remove --force does. It runs on the timer's goroutine,
+// tracked by the manager's WaitGroup unless Shutdown has begun.
 func (m *Manager) expire(id string) {
 	m.mu.Lock()
 	if m.closing {
@@ -208,7 +240,8 @@ func (m *Manager) expire(id string) {
 	defer m.wg.Done()
 
 	ctx := m.baseCtx
-	if err := inst.lock(ctx); err != nil {
+	// A forced removal: a checkpoint in progress is preempted.
+	if err := inst.lockPreempting(ctx, 0); err != nil {
 		return
 	}
 	defer inst.unlock()

@@ -38,7 +38,9 @@ func (inst *instance) markLocked() { inst.gen++ }
 // sandbox is removed; it does nothing when the store has it already. It
 // must be called without inst.mu held. The write is bounded by
 // storeTimeout, and ctx's cancellation does not cut it short: a change
-// that was made must reach the disk.
+// that was made must reach the disk. A full disk (ENOSPC, EDQUOT) is
+// ResourceExhausted; the store then still holds the record it had, and
+// the next successful flush writes the newest one.
 func (m *Manager) flush(ctx context.Context, inst *instance) error {
 	inst.w.mu.Lock()
 	defer inst.w.mu.Unlock()
@@ -62,7 +64,7 @@ func (m *Manager) flush(ctx context.Context, inst *instance) error {
 		err = m.cfg.Store.PutSandbox(ctx, rec)
 	}
 	if err != nil {
-		return fmt.Errorf("sandbox %s: writing its record: %w", inst.id, err)
+		return fmt.Errorf("sandbox %s: writing its record: %w", inst.id, noSpace(err))
 	}
 	inst.w.written = gen
 	return nil
@@ -83,7 +85,7 @@ func (m *Manager) createRecord(ctx context.Context, rec store.SandboxRecord) err
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
 	defer cancel()
 	if err := m.cfg.Store.CreateSandbox(ctx, rec); err != nil {
-		return fmt.Errorf("sandbox %s: recording it: %w", rec.ID, err)
+		return fmt.Errorf("sandbox %s: recording it: %w", rec.ID, noSpace(err))
 	}
 	return nil
 }

@@ -204,6 +204,19 @@ func (l *JailerLauncher) Workspace(id, dir string, limits Limits) (Workspace, er
 	return workspaceOf(j, dir), nil
 }
 
+// Layout implements Launcher: Workspace's paths (the chroot of id, the
+// console in dir), without preparing the jail or creating dir.
+func (l *JailerLauncher) Layout(id, dir string, limits Limits) (Workspace, error) {
+	if dir == "" {
+		return Workspace{}, fmt.Errorf("vmm: layout %s: dir is required", id)
+	}
+	j, err := l.Jail(id, limits)
+	if err != nil {
+		return Workspace{}, err
+	}
+	return workspaceOf(j, dir), nil
+}
+
 // ReleaseWorkspace implements Launcher: it removes the jail of id and the
 // cgroups of limits (Cleanup).
 func (l *JailerLauncher) ReleaseWorkspace(id string, limits Limits) error {

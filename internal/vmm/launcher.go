@@ -93,6 +93,10 @@ type Launcher interface {
 	// Workspace prepares (idempotently) where the files of VMM id live
 	// and returns it; dir is the VMM's own directory (LaunchRequest.Dir).
 	Workspace(id, dir string, limits Limits) (Workspace, error)
+	// Layout returns where Workspace puts the files of VMM id (the same
+	// paths) without creating or changing anything, e.g. to check paths
+	// a record names.
+	Layout(id, dir string, limits Limits) (Workspace, error)
 	// ReleaseWorkspace removes what Workspace made outside dir (a jail and
 	// the cgroups of limits); it is idempotent and must only be called
 	// once no VMM of id runs.
@@ -202,6 +206,17 @@ func (l *DirectLauncher) Workspace(id, dir string, _ Limits) (Workspace, error) 
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Workspace{}, fmt.Errorf("vmm: workspace %s: %w", id, err)
+	}
+	return workspaceIn(id, dir), nil
+}
+
+// Layout implements Launcher: Workspace's paths, without creating dir.
+func (l *DirectLauncher) Layout(id, dir string, _ Limits) (Workspace, error) {
+	if err := ValidateInstanceID(id); err != nil {
+		return Workspace{}, fmt.Errorf("vmm: layout: %w", err)
+	}
+	if dir == "" {
+		return Workspace{}, fmt.Errorf("vmm: layout %s: dir is required", id)
 	}
 	return workspaceIn(id, dir), nil
 }

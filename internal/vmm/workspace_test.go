@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sync/atomic"
 	"syscall"
@@ -83,9 +84,31 @@ func TestWorkspaceLayout(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			l, root := m.launcher(t, "ws-1")
 			dir := filepath.Join(t.TempDir(), "sandbox") // created by Workspace
+			// Layout gives the same paths and creates nothing.
+			lw, err := l.Layout("ws-1", dir, Limits{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{dir, root} {
+				if p == "" {
+					continue
+				}
+				if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("Layout created %s (%v)", p, err)
+				}
+			}
+			if _, err := l.Layout("bad_id", dir, Limits{}); err == nil {
+				t.Error("Layout accepted an invalid id")
+			}
 			w, err := l.Workspace("ws-1", dir, Limits{})
 			if err != nil {
 				t.Fatal(err)
+			}
+			if lw.Jail != nil && w.Jail != nil && reflect.DeepEqual(*lw.Jail, *w.Jail) {
+				lw.Jail = w.Jail
+			}
+			if lw != w {
+				t.Errorf("Layout\n got %+v\nwant %+v (Workspace)", lw, w)
 			}
 			want := Workspace{
 				ID: "ws-1", Root: dir,

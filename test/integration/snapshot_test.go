@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"crypto/rand"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -199,32 +197,13 @@ func TestCheckpointFailuresLeaveSandboxRunning(t *testing.T) {
 	}
 }
 
-// TestCheckpointOnFullDisk puts the data dir on a small tmpfs so that the
-// disk copy runs out of space.
+// TestCheckpointOnFullDisk puts the data dir on a small tmpfs (in a
+// private mount namespace) so that the disk copy runs out of space.
 func TestCheckpointOnFullDisk(t *testing.T) {
-	testutil.RequiresRoot(t)
-	dir := testutil.ShortDir(t)
-	data := filepath.Join(dir, "data")
-	if err := os.MkdirAll(data, 0o755); err != nil {
-		t.Fatal(err)
+	if !testutil.InMountNamespace(t) {
+		return
 	}
-	if err := unix.Mount("tmpfs", data, "tmpfs", 0, "size=24m"); err != nil {
-		t.Skipf("skipping: cannot mount a tmpfs: %v", err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(data, unix.MNT_DETACH) })
-	for _, sub := range []string{"kernels", "images"} {
-		if err := os.MkdirAll(filepath.Join(data, sub), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	writeFile(t, filepath.Join(data, "kernels", "vmlinux"), "kernel\n", 0)
-	// 10 MiB of real data: the image and the sandbox's copy fit in 24 MiB,
-	// a third copy (the checkpoint's disk) does not.
-	blob := make([]byte, 10<<20)
-	_, _ = rand.Read(blob)
-	if err := os.WriteFile(filepath.Join(data, "images", "rootfs.ext4"), blob, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dir := fullDiskDataDir(t)
 	d := startDaemonAt(t, dir, options{})
 	id := strings.TrimSpace(d.mustVMM("create", "--wait"))
 	_, err := d.snap.Checkpoint(t.Context(), &sandboxv1.CheckpointRequest{SandboxId: id, Name: "big"})
