@@ -30,7 +30,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("create: %w", err)
 	}
-	defer p.rootfsFile.Close()
+	defer p.close()
 
 	slot, err := m.claimSlot("create")
 	if err != nil {
@@ -60,6 +60,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		return Sandbox{}, fmt.Errorf("create: %w", err)
 	}
 	log.Debug("rootfs copied", "source", p.rootfs, "disk", diskPath, "method", string(method))
+	// So are the kernel and the initrd: Firecracker (or the jailer) is
+	// given these files, relative to its working directory, and never
+	// reopens a path from the request.
+	kernel, initrd, err := placeBootFiles(ctx, ws, p, log)
+	if err != nil {
+		return Sandbox{}, err
+	}
 	m.crash(CrashCreateDisk)
 
 	att, err := slot.attachNetwork(ctx)
@@ -76,8 +83,8 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	spec := vmm.VMSpec{
 		ID: id, Dir: dir, APISocket: rec.Process.APISocket, ConsolePath: rec.Process.ConsolePath,
 		VCPUs: p.vcpus, MemoryMiB: p.memoryMiB, TrackDirtyPages: p.trackDirtyPages,
-		Kernel: p.kernel, Initrd: p.initrd, BootArgs: p.bootArgs,
-		// The drive and the vsock socket are relative to the VMM's working
+		Kernel: kernel, Initrd: initrd, BootArgs: p.bootArgs,
+		// The kernel, the initrd, the drive and the vsock socket are relative to the VMM's working
 		// directory (dir, or the jail's root), so that a snapshot of this
 		// VM loads in another sandbox's directory, against that sandbox's
 		// own files.

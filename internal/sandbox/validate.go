@@ -40,18 +40,31 @@ const (
 var labelKeyRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,61}[a-zA-Z0-9])?$`)
 
 // plan is a validated CreateRequest with defaults applied and paths
-// resolved. rootfs is the checked, open source image; the caller closes it.
+// resolved. kernelFile, initrdFile (nil without an initrd) and rootfsFile
+// are the checked, open files: the sandbox's copies are made from these
+// descriptors, never by reopening a path. The caller closes them (close).
 type plan struct {
 	vcpus           int
 	memoryMiB       int
 	kernel          string
+	kernelFile      *os.File
 	initrd          string
+	initrdFile      *os.File
 	rootfs          string
 	rootfsFile      *os.File
 	bootArgs        string
 	labels          map[string]string
 	ttl             time.Duration
 	trackDirtyPages bool
+}
+
+// close closes the plan's open files.
+func (p *plan) close() {
+	for _, f := range []*os.File{p.kernelFile, p.initrdFile, p.rootfsFile} {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // invalid returns an InvalidArgument error.
@@ -100,11 +113,17 @@ func (m *Manager) validate(req CreateRequest) (p *plan, err error) {
 		rootfs = m.cfg.DefaultRootfs
 	}
 	allowed := m.allowedDirs()
-	if p.kernel, err = checkFile(allowed, "kernel", kernel); err != nil {
+	opened := p // p is nil once a failure returns
+	defer func() {
+		if err != nil {
+			opened.close()
+		}
+	}()
+	if p.kernel, p.kernelFile, err = openFile(allowed, "kernel", kernel); err != nil {
 		return nil, err
 	}
 	if req.Initrd != "" {
-		if p.initrd, err = checkFile(allowed, "initrd", req.Initrd); err != nil {
+		if p.initrd, p.initrdFile, err = openFile(allowed, "initrd", req.Initrd); err != nil {
 			return nil, err
 		}
 	}
@@ -177,17 +196,6 @@ func within(dirs []string, path string) bool {
 		}
 	}
 	return false
-}
-
-// checkFile validates a path like openFile and closes the file again. It
-// returns the resolved path, which the caller uses from then on.
-func checkFile(allowed []string, kind, path string) (string, error) {
-	resolved, f, err := openFile(allowed, kind, path)
-	if err != nil {
-		return "", err
-	}
-	f.Close()
-	return resolved, nil
 }
 
 // openFile resolves path (absolute, symlinks followed), requires it to be a
