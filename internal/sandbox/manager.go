@@ -228,7 +228,7 @@ func (m *Manager) List(ctx context.Context, f ListFilter) ([]Sandbox, error) {
 	for _, s := range f.States {
 		if !s.Valid() {
 			return nil, fmt.Errorf("state filter %s: want one of %v: %w",
-				strconv.QuoteToASCII(string(s)), States, errdefs.ErrInvalidArgument)
+				quote(string(s)), States, errdefs.ErrInvalidArgument)
 		}
 	}
 	m.mu.Lock()

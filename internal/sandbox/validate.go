@@ -33,6 +33,10 @@ const (
 	MaxLabelValueLen = 255
 	// MaxTTL is the longest accepted time to live.
 	MaxTTL = 30 * 24 * time.Hour
+	// MaxEchoLen is the most bytes of a request's string (a path, a label
+	// key, ...) that an error quotes, and so that the request log holds:
+	// a longer one is cut, with a note of its full length.
+	MaxEchoLen = 256
 )
 
 // labelKeyRE is the form of a label key: letters, digits, '.', '_', '/'
@@ -65,6 +69,30 @@ func (p *plan) close() {
 			f.Close()
 		}
 	}
+}
+
+// quote returns s quoted for a message (QuoteToASCII), at most
+// MaxEchoLen bytes of it, cut at a character boundary and followed by
+// its full length when it is longer.
+func quote(s string) string {
+	if len(s) <= MaxEchoLen {
+		return strconv.QuoteToASCII(s)
+	}
+	cut := MaxEchoLen
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strconv.QuoteToASCII(s[:cut]), len(s))
+}
+
+// cause returns what went wrong in err without the path a *fs.PathError
+// carries (the request's path, quoted by the caller within bounds).
+func cause(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // invalid returns an InvalidArgument error.
@@ -157,7 +185,7 @@ func checkLabels(labels map[string]string) error {
 	for k, v := range labels {
 		if len(k) > MaxLabelKeyLen || !labelKeyRE.MatchString(k) {
 			return invalid("label key %s: must be 1-%d characters of letters, digits, '.', '_', '/' and '-', "+
-				"starting and ending with a letter or digit", strconv.QuoteToASCII(k), MaxLabelKeyLen)
+				"starting and ending with a letter or digit", quote(k), MaxLabelKeyLen)
 		}
 		if !utf8.ValidString(v) {
 			return invalid("label %s: value is not valid UTF-8", k)
@@ -203,7 +231,7 @@ func within(dirs []string, path string) bool {
 // path without following a symlink and checks the descriptor again (type
 // and real path), so that a file swapped in after the check is refused.
 func openFile(allowed []string, kind, path string) (string, *os.File, error) {
-	q := strconv.QuoteToASCII(path)
+	q := quote(path)
 	switch {
 	case path == "":
 		return "", nil, invalid("%s: no path given and no default configured", kind)
@@ -228,7 +256,7 @@ func openFile(allowed []string, kind, path string) (string, *os.File, error) {
 		case errors.Is(err, fs.ErrPermission):
 			return "", nil, fmt.Errorf("%s %s: %w", kind, q, errdefs.ErrPermissionDenied)
 		default:
-			return "", nil, invalid("%s %s: cannot be resolved: %v", kind, q, err)
+			return "", nil, invalid("%s %s: cannot be resolved: %v", kind, q, cause(err))
 		}
 	}
 	if !within(allowed, resolved) {
@@ -236,7 +264,7 @@ func openFile(allowed []string, kind, path string) (string, *os.File, error) {
 	}
 	fi, err := os.Lstat(resolved)
 	if err != nil {
-		return "", nil, fmt.Errorf("%s %s: %v: %w", kind, q, err, errdefs.ErrNotFound)
+		return "", nil, fmt.Errorf("%s %s: %v: %w", kind, q, cause(err), errdefs.ErrNotFound)
 	}
 	if !fi.Mode().IsRegular() {
 		return "", nil, invalid("%s %s: not a regular file (%s)", kind, q, fileType(fi.Mode()))
@@ -255,7 +283,7 @@ func openFile(allowed []string, kind, path string) (string, *os.File, error) {
 		return "", nil, err
 	}
 	if fi, err = f.Stat(); err != nil {
-		return fail(fmt.Errorf("%s %s: %v: %w", kind, q, err, errdefs.ErrNotFound))
+		return fail(fmt.Errorf("%s %s: %v: %w", kind, q, cause(err), errdefs.ErrNotFound))
 	}
 	if !fi.Mode().IsRegular() {
 		return fail(invalid("%s %s: not a regular file (%s)", kind, q, fileType(fi.Mode())))
