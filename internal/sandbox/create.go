@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/disk"
@@ -95,7 +94,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	if att.TAP != "" {
 		rec.Network = networkOf(att)
 		spec.NICs = []vmm.NICSpec{{ID: network.NICID, HostDevName: att.TAP, GuestMAC: att.GuestMAC}}
-		spec.BootArgs = strings.TrimSpace(p.bootArgs + " " + att.BootArg)
+		if spec.BootArgs, err = bootArgsWith(p.bootArgs, att.BootArg); err != nil {
+			// Refused like any invalid request: release gives back the
+			// lease and everything prepared so far.
+			return Sandbox{}, fmt.Errorf("create: %w", err)
+		}
 		spec.NetNS = att.NetnsPath
 		rec.Hardware.BootArgs = spec.BootArgs
 	}

@@ -161,10 +161,20 @@ func (m *Manager) validate(req CreateRequest) (p *plan, err error) {
 	return p, nil
 }
 
-// checkBootArgs rejects over-long command lines and control characters.
+// firecrackerCmdlineReserve is what Firecracker appends to the kernel
+// command line, within the same MaxBootArgsLen limit: "root=/dev/vda rw"
+// for the root drive and "pci=off" without --enable-pci, each after a
+// space.
+const firecrackerCmdlineReserve = len(" root=/dev/vda rw pci=off")
+
+// checkBootArgs rejects command lines that, with what Firecracker
+// appends, exceed the limit, control characters and unbalanced double
+// quotes (the kernel would read everything after one, including the
+// arguments appended to it, as a single quoted value).
 func checkBootArgs(s string) error {
-	if len(s) > MaxBootArgsLen {
-		return invalid("boot args: %d bytes, the limit is %d", len(s), MaxBootArgsLen)
+	if n := len(s) + firecrackerCmdlineReserve; n > MaxBootArgsLen {
+		return invalid("boot args: %d bytes; with the %d Firecracker appends that is %d, the limit is %d",
+			len(s), firecrackerCmdlineReserve, n, MaxBootArgsLen)
 	}
 	if !utf8.ValidString(s) {
 		return invalid("boot args: not valid UTF-8")
@@ -174,7 +184,54 @@ func checkBootArgs(s string) error {
 			return invalid("boot args: control character %q not allowed", r)
 		}
 	}
+	if strings.Count(s, `"`)%2 != 0 {
+		return invalid("boot args: unbalanced double quote")
+	}
 	return nil
+}
+
+// bootArgsWith returns the command line a sandbox boots with: args with
+// the network's kernel argument netArg (none when empty) among the
+// kernel's own parameters, that is before a "--" (the words after it are
+// init's arguments, and an ip= there configures nothing). The result,
+// with what Firecracker appends, must fit the limit.
+func bootArgsWith(args, netArg string) (string, error) {
+	if netArg == "" {
+		return args, nil
+	}
+	out := strings.TrimSpace(args + " " + netArg)
+	if i := initArgsStart(args); i >= 0 {
+		out = strings.TrimSpace(args[:i]) + " " + netArg + " " + args[i:]
+		out = strings.TrimSpace(out)
+	}
+	if err := checkBootArgs(out); err != nil {
+		return "", fmt.Errorf("with the network's %s added: %w", netArg, err)
+	}
+	return out, nil
+}
+
+// initArgsStart returns the offset of the first "--" word of a kernel
+// command line outside double quotes (the kernel strips quotes before it
+// compares), or -1.
+func initArgsStart(s string) int {
+	inQuote := false
+	start := -1
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || (!inQuote && (s[i] == ' ' || s[i] == '\t')) {
+			if start >= 0 && strings.ReplaceAll(s[start:i], `"`, "") == "--" {
+				return start
+			}
+			start = -1
+			continue
+		}
+		if start < 0 {
+			start = i
+		}
+		if s[i] == '"' {
+			inQuote = !inQuote
+		}
+	}
+	return -1
 }
 
 // checkLabels validates label count, keys and values.
