@@ -199,8 +199,10 @@ type slot struct {
 	id  string
 	dir string
 	log *slog.Logger
-	// wsLimits is set once a workspace was (being) prepared; networked
+	// budget is set once the sandbox's share of the host-wide budget is
+	// reserved; wsLimits once a workspace was (being) prepared; networked
 	// once the network is attached.
+	budget    *vmm.Limits
 	wsLimits  *vmm.Limits
 	networked bool
 }
@@ -226,10 +228,15 @@ func (m *Manager) claimSlot(op string) (*slot, error) {
 	return s, nil
 }
 
-// workspace prepares where the sandbox's VMM finds its files (the
-// sandbox directory, or a jail) and returns it with the process record
-// that goes with it.
+// workspace reserves the sandbox's share of the host-wide budget (its
+// VMM's limits; Create and Restore both come here first with them) and
+// prepares where the sandbox's VMM finds its files (the sandbox
+// directory, or a jail).
 func (s *slot) workspace(limits vmm.Limits) (vmm.Workspace, error) {
+	if err := s.m.reserveBudget(limits); err != nil {
+		return vmm.Workspace{}, fmt.Errorf("%s: %w", s.op, err)
+	}
+	s.budget = &limits
 	s.wsLimits = &limits
 	ws, err := s.m.place.Workspace(s.id, s.dir, limits)
 	if err != nil {
@@ -292,6 +299,9 @@ func (s *slot) release(registered bool) {
 		}
 	}
 	_ = os.RemoveAll(s.dir)
+	if s.budget != nil {
+		s.m.unreserveBudget(*s.budget)
+	}
 	s.m.unreserve()
 }
 
@@ -319,9 +329,12 @@ func (m *Manager) unreserve() {
 	m.mu.Unlock()
 }
 
-// register adds inst, which holds a reserved slot, to the registry and
-// accounts for its background goroutine, which the caller must start. It
-// fails (the slot still reserved) once Shutdown has begun.
+// register adds inst, which holds a reserved slot and a reservation of
+// its limits in the budget (slot.workspace), to the registry and
+// accounts for its background goroutine, which the caller must start.
+// From then on the registered sandbox counts in the budget in place of
+// the reservation. It fails (slot and budget still reserved) once
+// Shutdown has begun.
 func (m *Manager) register(inst *instance) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -329,6 +342,7 @@ func (m *Manager) register(inst *instance) error {
 		return errShuttingDown()
 	}
 	m.reserved--
+	m.reservedUse.remove(inst.limits)
 	m.sandboxes[inst.id] = inst
 	m.wg.Add(1)
 	return nil

@@ -52,11 +52,18 @@ type Manager struct {
 	// held while closing is false, or from a tracked goroutine.
 	wg sync.WaitGroup
 
+	// admit serializes the reservations of the host-wide budget
+	// (reserveBudget). It is taken first, with no other lock held.
+	admit sync.Mutex
+
 	// mu guards the fields that follow. It is held only briefly.
 	mu        sync.Mutex
 	sandboxes map[string]*instance
 	reserved  int // creates past validation, not yet registered
-	closing   bool
+	// reservedUse is the budget reserved by creates and restores not yet
+	// registered (reserveBudget).
+	reservedUse usage
+	closing     bool
 }
 
 // instance is the manager's record of one sandbox.
