@@ -99,6 +99,16 @@ fails with the reason when it does not boot.`,
   id=$(vmm create --wait --timeout 60s)`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			// A zero on the wire means "the daemon's default": only an
+			// absent flag may send it.
+			for _, z := range []struct {
+				name string
+				v    uint32
+			}{{"vcpus", vcpus}, {"memory", memory}} {
+				if z.v == 0 && cmd.Flags().Changed(z.name) {
+					return usagef("invalid --%s 0: give a positive number, or leave the flag out for the daemon's default", z.name)
+				}
+			}
 			lbls, err := parseLabels(labels)
 			if err != nil {
 				return err
@@ -137,8 +147,8 @@ fails with the reason when it does not boot.`,
 		}),
 	}
 	f := cmd.Flags()
-	f.Uint32Var(&vcpus, "vcpus", 0, "number of vCPUs (default: the daemon's)")
-	f.Uint32Var(&memory, "memory", 0, "memory in MiB (default: the daemon's)")
+	f.Uint32Var(&vcpus, "vcpus", 0, "number of vCPUs, at least 1 (default: the daemon's)")
+	f.Uint32Var(&memory, "memory", 0, "memory in MiB, positive (default: the daemon's)")
 	f.StringVar(&kernel, "kernel", "", "kernel image (default: the daemon's)")
 	f.StringVar(&rootfs, "rootfs", "", "root filesystem image; the sandbox gets its own copy (default: the daemon's)")
 	f.StringVar(&initrd, "initrd", "", "initrd image")

@@ -123,6 +123,10 @@ type LimitsConfig struct {
 	MaxVCPUs     int `toml:"max_vcpus"`
 	MinMemoryMiB int `toml:"min_memory_mib"`
 	MaxMemoryMiB int `toml:"max_memory_mib"`
+	// MaxTotalVCPUs and MaxTotalMemoryMiB are the host-wide budget of all
+	// live sandboxes together; 0 derives them from the host (HostBudget).
+	MaxTotalVCPUs     int `toml:"max_total_vcpus"`
+	MaxTotalMemoryMiB int `toml:"max_total_memory_mib"`
 	// AllowedDirs are directories, besides data_dir/kernels and
 	// data_dir/images (sandbox.KernelsDir and sandbox.ImagesDir), that
 	// kernel, initrd and rootfs paths may resolve into.

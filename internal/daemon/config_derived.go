@@ -33,20 +33,23 @@ func (c Config) AllowedDirs() []string {
 // [limits], the data dir and [daemon] on_shutdown. The caller adds the
 // collaborators (launcher, network, events, store, ...).
 func (c Config) ManagerConfig() sandbox.Config {
+	vcpus, memoryMiB := c.HostBudget()
 	return sandbox.Config{
-		DataDir:          c.Firecracker.DataDir,
-		AllowedDirs:      c.AllowedDirs(),
-		DefaultVCPUs:     c.Defaults.VCPUs,
-		DefaultMemoryMiB: c.Defaults.MemoryMiB,
-		DefaultKernel:    c.Defaults.Kernel,
-		DefaultRootfs:    c.Defaults.Rootfs,
-		DefaultBootArgs:  c.Defaults.BootArgs,
-		MaxVCPUs:         c.Limits.MaxVCPUs,
-		MinMemoryMiB:     c.Limits.MinMemoryMiB,
-		MaxMemoryMiB:     c.Limits.MaxMemoryMiB,
-		MaxSandboxes:     c.Limits.MaxSandboxes,
-		StopTimeout:      c.StopTimeout(),
-		OnShutdown:       sandbox.ShutdownMode(c.Daemon.OnShutdown),
+		DataDir:           c.Firecracker.DataDir,
+		AllowedDirs:       c.AllowedDirs(),
+		DefaultVCPUs:      c.Defaults.VCPUs,
+		DefaultMemoryMiB:  c.Defaults.MemoryMiB,
+		DefaultKernel:     c.Defaults.Kernel,
+		DefaultRootfs:     c.Defaults.Rootfs,
+		DefaultBootArgs:   c.Defaults.BootArgs,
+		MaxVCPUs:          c.Limits.MaxVCPUs,
+		MinMemoryMiB:      c.Limits.MinMemoryMiB,
+		MaxMemoryMiB:      c.Limits.MaxMemoryMiB,
+		MaxSandboxes:      c.Limits.MaxSandboxes,
+		MaxTotalVCPUs:     vcpus,
+		MaxTotalMemoryMiB: memoryMiB,
+		StopTimeout:       c.StopTimeout(),
+		OnShutdown:        sandbox.ShutdownMode(c.Daemon.OnShutdown),
 	}
 }
 

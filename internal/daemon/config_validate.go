@@ -118,6 +118,8 @@ func (c *Config) validate(v *validator) {
 	if l.MaxMemoryMiB < l.MinMemoryMiB {
 		v.bad("limits.max_memory_mib", "%d is below limits.min_memory_mib (%d)", l.MaxMemoryMiB, l.MinMemoryMiB)
 	}
+	v.intRange("limits.max_total_vcpus", int64(l.MaxTotalVCPUs), 0, 1<<30)
+	v.intRange("limits.max_total_memory_mib", int64(l.MaxTotalMemoryMiB), 0, 1<<40)
 	for i, d := range l.AllowedDirs {
 		v.absPath(fmt.Sprintf("limits.allowed_dirs[%d]", i), d, false)
 	}

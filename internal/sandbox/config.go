@@ -94,6 +94,13 @@ type Config struct {
 	MinMemoryMiB int // default DefaultMinMemoryMiB
 	MaxMemoryMiB int // default DefaultMaxMemoryMiB
 	MaxSandboxes int // default DefaultMaxSandboxes
+	// MaxTotalVCPUs and MaxTotalMemoryMiB are the host-wide budget: the
+	// most vCPUs and guest memory all live sandboxes (not stopped or
+	// failed) may have together; a Create or Restore past either is
+	// ResourceExhausted. 0 means no limit (the daemon derives its
+	// defaults from the host).
+	MaxTotalVCPUs     int
+	MaxTotalMemoryMiB int
 	// StopTimeout is the default graceful-stop timeout (default
 	// DefaultStopTimeout).
 	StopTimeout time.Duration
@@ -207,6 +214,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if err := checkBootArgs(cfg.DefaultBootArgs); err != nil {
 		add("default boot args: %v", errors.Unwrap(err))
+	}
+	if cfg.MaxTotalVCPUs < 0 || cfg.MaxTotalMemoryMiB < 0 {
+		add("host budget %d vCPUs, %d MiB: must not be negative (0: no limit)", cfg.MaxTotalVCPUs, cfg.MaxTotalMemoryMiB)
 	}
 	if cfg.MaxSandboxes < 1 {
 		add("max sandboxes %d: must be positive", cfg.MaxSandboxes)

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/firecracker-vmm/firecracker-vmm/internal/disk"
@@ -30,7 +29,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("create: %w", err)
 	}
-	defer p.rootfsFile.Close()
+	defer p.close()
 
 	slot, err := m.claimSlot("create")
 	if err != nil {
@@ -60,6 +59,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 		return Sandbox{}, fmt.Errorf("create: %w", err)
 	}
 	log.Debug("rootfs copied", "source", p.rootfs, "disk", diskPath, "method", string(method))
+	// So are the kernel and the initrd: Firecracker (or the jailer) is
+	// given these files, relative to its working directory, and never
+	// reopens a path from the request.
+	kernel, initrd, err := placeBootFiles(ctx, ws, p, log)
+	if err != nil {
+		return Sandbox{}, err
+	}
 	m.crash(CrashCreateDisk)
 
 	att, err := slot.attachNetwork(ctx)
@@ -76,8 +82,8 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	spec := vmm.VMSpec{
 		ID: id, Dir: dir, APISocket: rec.Process.APISocket, ConsolePath: rec.Process.ConsolePath,
 		VCPUs: p.vcpus, MemoryMiB: p.memoryMiB, TrackDirtyPages: p.trackDirtyPages,
-		Kernel: p.kernel, Initrd: p.initrd, BootArgs: p.bootArgs,
-		// The drive and the vsock socket are relative to the VMM's working
+		Kernel: kernel, Initrd: initrd, BootArgs: p.bootArgs,
+		// The kernel, the initrd, the drive and the vsock socket are relative to the VMM's working
 		// directory (dir, or the jail's root), so that a snapshot of this
 		// VM loads in another sandbox's directory, against that sandbox's
 		// own files.
@@ -88,7 +94,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ Sandbox, err
 	if att.TAP != "" {
 		rec.Network = networkOf(att)
 		spec.NICs = []vmm.NICSpec{{ID: network.NICID, HostDevName: att.TAP, GuestMAC: att.GuestMAC}}
-		spec.BootArgs = strings.TrimSpace(p.bootArgs + " " + att.BootArg)
+		if spec.BootArgs, err = bootArgsWith(p.bootArgs, att.BootArg); err != nil {
+			// Refused like any invalid request: release gives back the
+			// lease and everything prepared so far.
+			return Sandbox{}, fmt.Errorf("create: %w", err)
+		}
 		spec.NetNS = att.NetnsPath
 		rec.Hardware.BootArgs = spec.BootArgs
 	}
@@ -189,8 +199,10 @@ type slot struct {
 	id  string
 	dir string
 	log *slog.Logger
-	// wsLimits is set once a workspace was (being) prepared; networked
+	// budget is set once the sandbox's share of the host-wide budget is
+	// reserved; wsLimits once a workspace was (being) prepared; networked
 	// once the network is attached.
+	budget    *vmm.Limits
 	wsLimits  *vmm.Limits
 	networked bool
 }
@@ -216,10 +228,15 @@ func (m *Manager) claimSlot(op string) (*slot, error) {
 	return s, nil
 }
 
-// workspace prepares where the sandbox's VMM finds its files (the
-// sandbox directory, or a jail) and returns it with the process record
-// that goes with it.
+// workspace reserves the sandbox's share of the host-wide budget (its
+// VMM's limits; Create and Restore both come here first with them) and
+// prepares where the sandbox's VMM finds its files (the sandbox
+// directory, or a jail).
 func (s *slot) workspace(limits vmm.Limits) (vmm.Workspace, error) {
+	if err := s.m.reserveBudget(limits); err != nil {
+		return vmm.Workspace{}, fmt.Errorf("%s: %w", s.op, err)
+	}
+	s.budget = &limits
 	s.wsLimits = &limits
 	ws, err := s.m.place.Workspace(s.id, s.dir, limits)
 	if err != nil {
@@ -282,6 +299,9 @@ func (s *slot) release(registered bool) {
 		}
 	}
 	_ = os.RemoveAll(s.dir)
+	if s.budget != nil {
+		s.m.unreserveBudget(*s.budget)
+	}
 	s.m.unreserve()
 }
 
@@ -309,9 +329,12 @@ func (m *Manager) unreserve() {
 	m.mu.Unlock()
 }
 
-// register adds inst, which holds a reserved slot, to the registry and
-// accounts for its background goroutine, which the caller must start. It
-// fails (the slot still reserved) once Shutdown has begun.
+// register adds inst, which holds a reserved slot and a reservation of
+// its limits in the budget (slot.workspace), to the registry and
+// accounts for its background goroutine, which the caller must start.
+// From then on the registered sandbox counts in the budget in place of
+// the reservation. It fails (slot and budget still reserved) once
+// Shutdown has begun.
 func (m *Manager) register(inst *instance) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -319,6 +342,7 @@ func (m *Manager) register(inst *instance) error {
 		return errShuttingDown()
 	}
 	m.reserved--
+	m.reservedUse.remove(inst.limits)
 	m.sandboxes[inst.id] = inst
 	m.wg.Add(1)
 	return nil

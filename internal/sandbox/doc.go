@@ -30,6 +30,10 @@
 // The locks, in the order they are taken (a lock is never taken while
 // one later in the list is held):
 //
+//   - The admission lock (Manager.admit) serializes the reservations of
+//     the host-wide budget (reserveBudget); it is taken with no other
+//     lock held, and takes the registry lock and each sandbox's mu only
+//     one at a time.
 //   - A sandbox's operation lock (instance.op, a one-slot semaphore whose
 //     wait honours the caller's context) serializes the operations on it:
 //     Stop, Remove, Checkpoint and TTL expiry hold it for their whole run,

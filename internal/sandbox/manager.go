@@ -56,11 +56,18 @@ type Manager struct {
 	// held while closing is false, or from a tracked goroutine.
 	wg sync.WaitGroup
 
+	// admit serializes the reservations of the host-wide budget
+	// (reserveBudget). It is taken first, with no other lock held.
+	admit sync.Mutex
+
 	// mu guards the fields that follow. It is held only briefly.
 	mu        sync.Mutex
 	sandboxes map[string]*instance
 	reserved  int // creates past validation, not yet registered
-	closing   bool
+	// reservedUse is the budget reserved by creates and restores not yet
+	// registered (reserveBudget).
+	reservedUse usage
+	closing     bool
 }
 
 // instance is the manager's record of one sandbox.
@@ -329,7 +336,7 @@ func (m *Manager) List(ctx context.Context, f ListFilter) ([]Sandbox, error) {
 	for _, s := range f.States {
 		if !s.Valid() {
 			return nil, fmt.Errorf("state filter %s: want one of %v: %w",
-				strconv.QuoteToASCII(string(s)), States, errdefs.ErrInvalidArgument)
+				quote(string(s)), States, errdefs.ErrInvalidArgument)
 		}
 	}
 	m.mu.Lock()

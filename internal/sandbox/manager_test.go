@@ -55,7 +55,7 @@ func TestLifecycleFake(t *testing.T) {
 		t.Errorf("vsock %+v, recorded %q", spec.Vsock, s.Process.VsockPath)
 	}
 	if len(spec.Drives) != 1 || spec.Drives[0] != want || spec.VCPUs != 2 || spec.MemoryMiB != 256 ||
-		spec.Kernel != e.kernel || spec.BootArgs != DefaultBootArgs || spec.NICs != nil ||
+		spec.Kernel != KernelName || spec.BootArgs != DefaultBootArgs || spec.NICs != nil ||
 		spec.APISocket != filepath.Join(dir, SocketName) || spec.ConsolePath != filepath.Join(dir, ConsoleName) ||
 		spec.Logging.LogPath != filepath.Join(dir, LogName) || spec.Logging.MetricsPath != filepath.Join(dir, MetricsName) {
 		t.Errorf("spec %+v", spec)

@@ -33,6 +33,10 @@ const (
 	MaxLabelValueLen = 255
 	// MaxTTL is the longest accepted time to live.
 	MaxTTL = 30 * 24 * time.Hour
+	// MaxEchoLen is the most bytes of a request's string (a path, a label
+	// key, ...) that an error quotes, and so that the request log holds:
+	// a longer one is cut, with a note of its full length.
+	MaxEchoLen = 256
 )
 
 // labelKeyRE is the form of a label key: letters, digits, '.', '_', '/'
@@ -40,18 +44,55 @@ const (
 var labelKeyRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,61}[a-zA-Z0-9])?$`)
 
 // plan is a validated CreateRequest with defaults applied and paths
-// resolved. rootfs is the checked, open source image; the caller closes it.
+// resolved. kernelFile, initrdFile (nil without an initrd) and rootfsFile
+// are the checked, open files: the sandbox's copies are made from these
+// descriptors, never by reopening a path. The caller closes them (close).
 type plan struct {
 	vcpus           int
 	memoryMiB       int
 	kernel          string
+	kernelFile      *os.File
 	initrd          string
+	initrdFile      *os.File
 	rootfs          string
 	rootfsFile      *os.File
 	bootArgs        string
 	labels          map[string]string
 	ttl             time.Duration
 	trackDirtyPages bool
+}
+
+// close closes the plan's open files.
+func (p *plan) close() {
+	for _, f := range []*os.File{p.kernelFile, p.initrdFile, p.rootfsFile} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// quote returns s quoted for a message (QuoteToASCII), at most
+// MaxEchoLen bytes of it, cut at a character boundary and followed by
+// its full length when it is longer.
+func quote(s string) string {
+	if len(s) <= MaxEchoLen {
+		return strconv.QuoteToASCII(s)
+	}
+	cut := MaxEchoLen
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strconv.QuoteToASCII(s[:cut]), len(s))
+}
+
+// cause returns what went wrong in err without the path a *fs.PathError
+// carries (the request's path, quoted by the caller within bounds).
+func cause(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // invalid returns an InvalidArgument error.
@@ -100,11 +141,17 @@ func (m *Manager) validate(req CreateRequest) (p *plan, err error) {
 		rootfs = m.cfg.DefaultRootfs
 	}
 	allowed := m.allowedDirs()
-	if p.kernel, err = checkFile(allowed, "kernel", kernel); err != nil {
+	opened := p // p is nil once a failure returns
+	defer func() {
+		if err != nil {
+			opened.close()
+		}
+	}()
+	if p.kernel, p.kernelFile, err = openFile(allowed, "kernel", kernel); err != nil {
 		return nil, err
 	}
 	if req.Initrd != "" {
-		if p.initrd, err = checkFile(allowed, "initrd", req.Initrd); err != nil {
+		if p.initrd, p.initrdFile, err = openFile(allowed, "initrd", req.Initrd); err != nil {
 			return nil, err
 		}
 	}
@@ -114,10 +161,20 @@ func (m *Manager) validate(req CreateRequest) (p *plan, err error) {
 	return p, nil
 }
 
-// checkBootArgs rejects over-long command lines and control characters.
+// firecrackerCmdlineReserve is what Firecracker appends to the kernel
+// command line, within the same MaxBootArgsLen limit: "root=/dev/vda rw"
+// for the root drive and "pci=off" without --enable-pci, each after a
+// space.
+const firecrackerCmdlineReserve = len(" root=/dev/vda rw pci=off")
+
+// checkBootArgs rejects command lines that, with what Firecracker
+// appends, exceed the limit, control characters and unbalanced double
+// quotes (the kernel would read everything after one, including the
+// arguments appended to it, as a single quoted value).
 func checkBootArgs(s string) error {
-	if len(s) > MaxBootArgsLen {
-		return invalid("boot args: %d bytes, the limit is %d", len(s), MaxBootArgsLen)
+	if n := len(s) + firecrackerCmdlineReserve; n > MaxBootArgsLen {
+		return invalid("boot args: %d bytes; with the %d Firecracker appends that is %d, the limit is %d",
+			len(s), firecrackerCmdlineReserve, n, MaxBootArgsLen)
 	}
 	if !utf8.ValidString(s) {
 		return invalid("boot args: not valid UTF-8")
@@ -127,7 +184,54 @@ func checkBootArgs(s string) error {
 			return invalid("boot args: control character %q not allowed", r)
 		}
 	}
+	if strings.Count(s, `"`)%2 != 0 {
+		return invalid("boot args: unbalanced double quote")
+	}
 	return nil
+}
+
+// bootArgsWith returns the command line a sandbox boots with: args with
+// the network's kernel argument netArg (none when empty) among the
+// kernel's own parameters, that is before a "--" (the words after it are
+// init's arguments, and an ip= there configures nothing). The result,
+// with what Firecracker appends, must fit the limit.
+func bootArgsWith(args, netArg string) (string, error) {
+	if netArg == "" {
+		return args, nil
+	}
+	out := strings.TrimSpace(args + " " + netArg)
+	if i := initArgsStart(args); i >= 0 {
+		out = strings.TrimSpace(args[:i]) + " " + netArg + " " + args[i:]
+		out = strings.TrimSpace(out)
+	}
+	if err := checkBootArgs(out); err != nil {
+		return "", fmt.Errorf("with the network's %s added: %w", netArg, err)
+	}
+	return out, nil
+}
+
+// initArgsStart returns the offset of the first "--" word of a kernel
+// command line outside double quotes (the kernel strips quotes before it
+// compares), or -1.
+func initArgsStart(s string) int {
+	inQuote := false
+	start := -1
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || (!inQuote && (s[i] == ' ' || s[i] == '\t')) {
+			if start >= 0 && strings.ReplaceAll(s[start:i], `"`, "") == "--" {
+				return start
+			}
+			start = -1
+			continue
+		}
+		if start < 0 {
+			start = i
+		}
+		if s[i] == '"' {
+			inQuote = !inQuote
+		}
+	}
+	return -1
 }
 
 // checkLabels validates label count, keys and values.
@@ -138,7 +242,7 @@ func checkLabels(labels map[string]string) error {
 	for k, v := range labels {
 		if len(k) > MaxLabelKeyLen || !labelKeyRE.MatchString(k) {
 			return invalid("label key %s: must be 1-%d characters of letters, digits, '.', '_', '/' and '-', "+
-				"starting and ending with a letter or digit", strconv.QuoteToASCII(k), MaxLabelKeyLen)
+				"starting and ending with a letter or digit", quote(k), MaxLabelKeyLen)
 		}
 		if !utf8.ValidString(v) {
 			return invalid("label %s: value is not valid UTF-8", k)
@@ -179,23 +283,12 @@ func within(dirs []string, path string) bool {
 	return false
 }
 
-// checkFile validates a path like openFile and closes the file again. It
-// returns the resolved path, which the caller uses from then on.
-func checkFile(allowed []string, kind, path string) (string, error) {
-	resolved, f, err := openFile(allowed, kind, path)
-	if err != nil {
-		return "", err
-	}
-	f.Close()
-	return resolved, nil
-}
-
 // openFile resolves path (absolute, symlinks followed), requires it to be a
 // regular file inside one of the allowed directories, opens the resolved
 // path without following a symlink and checks the descriptor again (type
 // and real path), so that a file swapped in after the check is refused.
 func openFile(allowed []string, kind, path string) (string, *os.File, error) {
-	q := strconv.QuoteToASCII(path)
+	q := quote(path)
 	switch {
 	case path == "":
 		return "", nil, invalid("%s: no path given and no default configured", kind)
@@ -220,7 +313,7 @@ func openFile(allowed []string, kind, path string) (string, *os.File, error) {
 		case errors.Is(err, fs.ErrPermission):
 			return "", nil, fmt.Errorf("%s %s: %w", kind, q, errdefs.ErrPermissionDenied)
 		default:
-			return "", nil, invalid("%s %s: cannot be resolved: %v", kind, q, err)
+			return "", nil, invalid("%s %s: cannot be resolved: %v", kind, q, cause(err))
 		}
 	}
 	if !within(allowed, resolved) {
@@ -228,7 +321,7 @@ func openFile(allowed []string, kind, path string) (string, *os.File, error) {
 	}
 	fi, err := os.Lstat(resolved)
 	if err != nil {
-		return "", nil, fmt.Errorf("%s %s: %v: %w", kind, q, err, errdefs.ErrNotFound)
+		return "", nil, fmt.Errorf("%s %s: %v: %w", kind, q, cause(err), errdefs.ErrNotFound)
 	}
 	if !fi.Mode().IsRegular() {
 		return "", nil, invalid("%s %s: not a regular file (%s)", kind, q, fileType(fi.Mode()))
@@ -247,7 +340,7 @@ func openFile(allowed []string, kind, path string) (string, *os.File, error) {
 		return "", nil, err
 	}
 	if fi, err = f.Stat(); err != nil {
-		return fail(fmt.Errorf("%s %s: %v: %w", kind, q, err, errdefs.ErrNotFound))
+		return fail(fmt.Errorf("%s %s: %v: %w", kind, q, cause(err), errdefs.ErrNotFound))
 	}
 	if !fi.Mode().IsRegular() {
 		return fail(invalid("%s %s: not a regular file (%s)", kind, q, fileType(fi.Mode())))

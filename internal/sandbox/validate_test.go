@@ -135,7 +135,7 @@ func TestCreateAcceptsEdgeInput(t *testing.T) {
 		{"symlink inside resolves", CreateRequest{Kernel: filepath.Join(kdir, "current")}, e.kernel},
 		{"dot-dot staying inside", CreateRequest{Kernel: kdir + "/../kernels/vmlinux"}, e.kernel},
 		{"extra allowed dir", CreateRequest{Kernel: extraKernel, Initrd: extraKernel}, extraKernel},
-		{"limits", CreateRequest{VCPUs: 32, MemoryMiB: 32768, BootArgs: strings.Repeat("a", MaxBootArgsLen),
+		{"limits", CreateRequest{VCPUs: 32, MemoryMiB: 32768, BootArgs: strings.Repeat("a", MaxBootArgsLen-firecrackerCmdlineReserve),
 			TTL: MaxTTL, Labels: maxLabels}, e.kernel},
 		{"label forms", CreateRequest{Labels: map[string]string{
 			"a": "", "example.com/app-name_1": "héllo wörld", strings.Repeat("k", 63): strings.Repeat("é", 255),

@@ -109,9 +109,13 @@ type VMSpec struct {
 	SMT bool
 	// TrackDirtyPages enables dirty page tracking (needed for Diff snapshots).
 	TrackDirtyPages bool
-	// Kernel is the guest kernel. Required.
+	// Kernel is the guest kernel. Required. An absolute path is placed
+	// in a jail by a jailing launcher (copied from the path); a relative
+	// one names a file already in the VMM's working directory (Dir, or
+	// the jail's root), which is how the sandbox manager hands over a
+	// kernel it checked.
 	Kernel string
-	// Initrd is an optional initrd.
+	// Initrd is an optional initrd, absolute or relative like Kernel.
 	Initrd string
 	// BootArgs is the kernel command line; empty means Firecracker's default.
 	BootArgs string

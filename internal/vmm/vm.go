@@ -89,11 +89,14 @@ func Start(ctx context.Context, launcher Launcher, spec VMSpec) (*VM, error) {
 			return nil, fmt.Errorf("vmm: start %s: removing stale vsock socket: %w", spec.ID, err)
 		}
 	}
-	// A jailing launcher places these files in the jail; drives given as
-	// relative paths are expected there already.
-	files := []JailFile{{HostPath: spec.Kernel, JailName: JailKernelName}}
-	if spec.Initrd != "" {
-		files = append(files, JailFile{HostPath: spec.Initrd, JailName: JailInitrdName})
+	// A jailing launcher places these files in the jail; a kernel, an
+	// initrd or a drive given as a relative path is expected there
+	// already (the caller placed it from a checked descriptor).
+	var files []JailFile
+	for _, f := range []JailFile{{HostPath: spec.Kernel, JailName: JailKernelName}, {HostPath: spec.Initrd, JailName: JailInitrdName}} {
+		if filepath.IsAbs(f.HostPath) {
+			files = append(files, f)
+		}
 	}
 	for _, d := range spec.Drives {
 		if filepath.IsAbs(d.Path) {

@@ -274,7 +274,8 @@ func TestTTLExpiry(t *testing.T) {
 }
 
 func TestFiftyConcurrentCreates(t *testing.T) {
-	d := startDaemon(t, options{})
+	// 50 default sandboxes pass the budget derived from a small host.
+	d := startDaemon(t, options{extra: "[limits]\nmax_total_vcpus = 64\nmax_total_memory_mib = 32768\n"})
 	const n = 50
 	ids := make([]string, n)
 	var wg sync.WaitGroup

@@ -206,7 +206,7 @@ func TestNetwork200SandboxesGetDistinctAddresses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping 200 sandboxes in -short mode")
 	}
-	d, _ := netDaemon(t, "bridge = \"vmmbr4\"\ncidr = \"10.204.0.0/16\"\n", "[limits]\nmax_sandboxes = 250\n")
+	d, _ := netDaemon(t, "bridge = \"vmmbr4\"\ncidr = \"10.204.0.0/16\"\n", "[limits]\nmax_sandboxes = 250\nmax_total_vcpus = 256\nmax_total_memory_mib = 32768\n")
 	const n = 200
 	ids := make([]string, n)
 	var wg sync.WaitGroup
