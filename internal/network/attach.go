@@ -20,13 +20,16 @@ const (
 	stepNetns   = "netns"
 	stepInit    = "netns-init"
 	stepVeth    = "veth"
+	stepFilter  = "filter"
 	stepPort    = "port"
 	stepAddress = "address"
 	stepNAT     = "nat"
 )
 
-// Attach leases an address and builds the sandbox's namespace, veth, TAP and
-// NAT. On failure nothing is left behind. Exhaustion → errdefs.ErrResourceExhausted.
+// Attach leases an address and builds the sandbox's namespace, veth, TAP,
+// NAT and source filters (the guest may only send as GuestAddr from the TAP,
+// the sandbox only as its leased address into the bridge). On failure
+// nothing is left behind. Exhaustion → errdefs.ErrResourceExhausted.
 func (m *Manager) Attach(ctx context.Context, sandboxID string) (att Attachment, err error) {
 	if !validSandboxID(sandboxID) {
 		return Attachment{}, fmt.Errorf("network: invalid sandbox id %q: %w", sandboxID, errdefs.ErrInvalidArgument)
@@ -130,7 +133,18 @@ func (m *Manager) Attach(ctx context.Context, sandboxID string) (att Attachment,
 	}
 	undo = append(undo, func() error { return deleteLink(h, att.HostVeth) })
 
-	// 3. The host end on the bridge, isolated, up.
+	// 3. The host end accepts only the sandbox's own address, before it
+	// joins the bridge.
+	if err := check(stepFilter); err != nil {
+		return att, err
+	}
+	portTable := portFilterTable(att.HostVeth)
+	undo = append(undo, func() error { return deleteSourceFilter(m.hostNS, portTable) })
+	if err := applySourceFilter(m.hostNS, portTable, att.HostVeth, ip); err != nil {
+		return att, fail(stepFilter, err)
+	}
+
+	// 4. The host end on the bridge, isolated, up.
 	if err := check(stepPort); err != nil {
 		return att, err
 	}
@@ -138,7 +152,7 @@ func (m *Manager) Attach(ctx context.Context, sandboxID string) (att Attachment,
 		return att, fail(stepPort, err)
 	}
 
-	// 4. Address and default route inside the namespace.
+	// 5. Address and default route inside the namespace.
 	if err := check(stepAddress); err != nil {
 		return att, err
 	}
@@ -146,11 +160,15 @@ func (m *Manager) Attach(ctx context.Context, sandboxID string) (att Attachment,
 		return att, fail(stepAddress, err)
 	}
 
-	// 5. NAT between the unique address and the guest's.
+	// 6. NAT between the unique address and the guest's, and the guest
+	// held to its own address on the TAP.
 	if err := check(stepNAT); err != nil {
 		return att, err
 	}
 	if err := applySandboxTable(sbNS, ip); err != nil {
+		return att, fail(stepNAT, err)
+	}
+	if err := applySourceFilter(sbNS, TableName, TAPName, GuestAddr); err != nil {
 		return att, fail(stepNAT, err)
 	}
 	m.log.Debug("sandbox network attached", "sandbox", sandboxID, "ip", ip, "netns", att.NetnsPath)
@@ -278,7 +296,11 @@ func (m *Manager) Detach(ctx context.Context, sandboxID string) error {
 	var errs []error
 	// The host veth first: deleting it removes its peer synchronously,
 	// while the namespace itself is cleaned up by the kernel later.
-	if err := deleteLink(h, HostVethName(sandboxID)); err != nil {
+	veth := HostVethName(sandboxID)
+	if err := deleteLink(h, veth); err != nil {
+		errs = append(errs, err)
+	}
+	if err := deleteSourceFilter(m.hostNS, portFilterTable(veth)); err != nil {
 		errs = append(errs, err)
 	}
 	if err := deleteNetns(netnsPath(m.cfg.NetnsDir, NetnsPrefix+sandboxID)); err != nil {

@@ -481,3 +481,11 @@ func dialFrom(path string, addr netip.AddrPort, timeout time.Duration) error {
 		return c.Close()
 	})
 }
+
+// sameSet reports whether a and b hold the same strings, in any order.
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}

@@ -26,6 +26,11 @@
 // AllowInterSandbox, so sandboxes cannot reach each other; the host table
 // also drops routed bridge-to-bridge traffic and TCP to DenyTCPPorts
 // arriving from the bridge.
+//
+// Sources are checked at both hops (antispoof.go): in the sandbox namespace
+// the TAP accepts only IPv4 from GuestAddr and ARP for it, and on the host
+// each bridge port (host veth) only IPv4 from the sandbox's leased address
+// and ARP for it; every other frame is dropped on ingress.
 package network
 
 import (

@@ -317,9 +317,11 @@ func TestAttach(t *testing.T) {
 	c, done := nsConn(t, att.NetnsPath)
 	defer done()
 	tables, err := c.ListTables()
-	if err != nil || len(tables) != 1 || tables[0].Name != TableName || tables[0].Family != nftables.TableFamilyIPv4 {
-		t.Fatalf("sandbox tables = %v, %v", nsTables(t, att.NetnsPath), err)
+	want := []string{fmt.Sprintf("%d/%s", nftables.TableFamilyIPv4, TableName), fmt.Sprintf("%d/%s", nftables.TableFamilyNetdev, TableName)}
+	if got := nsTables(t, att.NetnsPath); err != nil || !sameSet(got, want) {
+		t.Fatalf("sandbox tables = %v, %v; want %v", got, err, want)
 	}
+	tables = slices.DeleteFunc(tables, func(tb *nftables.Table) bool { return tb.Family != nftables.TableFamilyIPv4 })
 	for _, name := range []string{chainPrerouting, chainPostrouting} {
 		rules, err := c.GetRules(tables[0], &nftables.Chain{Name: name, Table: tables[0]})
 		if err != nil || len(rules) != 1 {
@@ -628,7 +630,7 @@ func TestAttachRollback(t *testing.T) {
 			check: func(err error) bool { return errors.Is(err, context.Canceled) },
 		},
 	}
-	for _, step := range []string{stepNetns, stepInit, stepVeth, stepPort, stepAddress, stepNAT} {
+	for _, step := range []string{stepNetns, stepInit, stepVeth, stepFilter, stepPort, stepAddress, stepNAT} {
 		cases = append(cases, tc{
 			name: "fail at " + step,
 			prepare: func(t *testing.T, id string) func() {

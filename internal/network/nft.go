@@ -1,6 +1,7 @@
 package network
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -40,6 +41,20 @@ func replaceTable(c *nftables.Conn, t *nftables.Table) {
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
+}
+
+// deleteTable removes table t from namespace ns; a missing table is not an
+// error.
+func deleteTable(ns netns.NsHandle, t *nftables.Table) error {
+	c, err := nftConn(ns)
+	if err != nil {
+		return err
+	}
+	c.DelTable(t)
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("nftables: delete table %s: %w", t.Name, err)
+	}
+	return nil
 }
 
 // applyHostTable builds the host table in namespace ns in one transaction:

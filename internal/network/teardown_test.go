@@ -7,7 +7,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 // teardown removes what m.Setup made: the host table and the bridge. Sandbox
@@ -47,13 +46,5 @@ func teardown(ctx context.Context, m *Manager) error {
 
 // deleteHostTable removes the host table; a missing table is not an error.
 func deleteHostTable(ns netns.NsHandle) error {
-	c, err := nftConn(ns)
-	if err != nil {
-		return err
-	}
-	c.DelTable(&nftables.Table{Name: TableName, Family: nftables.TableFamilyINet})
-	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("nftables: delete table inet %s: %w", TableName, err)
-	}
-	return nil
+	return deleteTable(ns, &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet})
 }
