@@ -14,10 +14,6 @@ import (
 // chainIngress is the chain of a source filter table.
 const chainIngress = "ingress"
 
-// portFilterTable names the host table that filters the sources arriving
-// from the host veth veth (one table per bridge port).
-func portFilterTable(veth string) string { return TableName + "-port-" + veth }
-
 // applySourceFilter installs, in namespace ns, the table netdev name whose
 // chain on dev's ingress lets through only what addr may send:
 //

@@ -125,7 +125,7 @@ func (e *testEnv) netnsLeft() []string {
 	entries, _ := os.ReadDir(e.m.cfg.NetnsDir)
 	var left []string
 	for _, d := range entries {
-		if strings.HasPrefix(d.Name(), NetnsPrefix+e.prefix) {
+		if strings.HasPrefix(d.Name(), netnsScope(e.m.cfg.Bridge)+e.prefix) {
 			left = append(left, d.Name())
 		}
 	}

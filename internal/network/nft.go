@@ -12,8 +12,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TableName is the nftables table this package owns: family inet in the
-// host namespace, family ip in every sandbox namespace. Nothing else in
+// TableName is the nftables table this package owns in every sandbox
+// namespace (family ip, and family netdev for the TAP's source filter),
+// and the stem of its tables in the host namespace, which are scoped by
+// bridge (HostTableName, one netdev table per port). Nothing else in
 // either namespace is touched.
 const TableName = "firecracker-vmm"
 
@@ -59,7 +61,7 @@ func deleteTable(ns netns.NsHandle, t *nftables.Table) error {
 
 // applyHostTable builds the host table in namespace ns in one transaction:
 //
-//	table inet firecracker-vmm {
+//	table inet firecracker-vmm-BRIDGE {
 //	  chain postrouting { type nat hook postrouting priority srcnat
 //	    ip saddr CIDR oifname != BRIDGE masquerade }
 //	  chain forward { type filter hook forward priority filter; policy accept
@@ -75,7 +77,7 @@ func applyHostTable(ns netns.NsHandle, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	t := &nftables.Table{Name: HostTableName(cfg.Bridge), Family: nftables.TableFamilyINet}
 	replaceTable(c, t)
 	accept := nftables.ChainPolicyAccept
 	post := c.AddChain(&nftables.Chain{Name: chainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
@@ -107,7 +109,7 @@ func applyHostTable(ns netns.NsHandle, cfg Config) error {
 		rule(in, matchIfname(expr.MetaKeyIIFNAME, br, true), matchTCPDport(p), verdict(expr.VerdictDrop))
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: install table inet %s: %w", TableName, err)
+		return fmt.Errorf("nftables: install table inet %s: %w", t.Name, err)
 	}
 	return nil
 }

@@ -20,7 +20,7 @@ func teardown(ctx context.Context, m *Manager) error {
 	}
 	defer h.Close()
 	var errs []error
-	if err := deleteHostTable(m.hostNS); err != nil {
+	if err := deleteHostTable(m.hostNS, m.cfg.Bridge); err != nil {
 		errs = append(errs, err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -44,7 +44,8 @@ func teardown(ctx context.Context, m *Manager) error {
 	return nil
 }
 
-// deleteHostTable removes the host table; a missing table is not an error.
-func deleteHostTable(ns netns.NsHandle) error {
-	return deleteTable(ns, &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet})
+// deleteHostTable removes the host table of bridge; a missing table is not
+// an error.
+func deleteHostTable(ns netns.NsHandle, bridge string) error {
+	return deleteTable(ns, &nftables.Table{Name: HostTableName(bridge), Family: nftables.TableFamilyINet})
 }

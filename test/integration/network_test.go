@@ -41,16 +41,30 @@ func hostNamespace(t *testing.T) (name, path string) {
 	return name, path
 }
 
-// sandboxNamespaces lists the named namespaces of sandboxes (vmm-<id>).
+// sandboxNamespaces lists the named namespaces of sandboxes, each as
+// vmm-<id> whatever the bridge that scopes it (vmm-<bridge>.<id>).
 func sandboxNamespaces() map[string]bool {
 	entries, _ := os.ReadDir("/run/netns")
 	m := map[string]bool{}
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "vmm-") {
-			m[e.Name()] = true
+		if rest, ok := strings.CutPrefix(e.Name(), "vmm-"); ok {
+			if i := strings.LastIndexByte(rest, '.'); i >= 0 {
+				rest = rest[i+1:]
+			}
+			m["vmm-"+rest] = true
 		}
 	}
 	return m
+}
+
+// sandboxNetns returns the path of sandbox id's network namespace
+// (/run/netns/vmm-<bridge>.<id>, whatever the bridge), or a path that does
+// not exist when it has none.
+func sandboxNetns(id string) string {
+	if paths, _ := filepath.Glob("/run/netns/vmm-*." + id); len(paths) == 1 {
+		return paths[0]
+	}
+	return "/run/netns/vmm-none." + id
 }
 
 // inNetns runs fn inside the namespace at path.
