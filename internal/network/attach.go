@@ -300,6 +300,13 @@ func (m *Manager) Detach(ctx context.Context, sandboxID string) error {
 	if err := deleteNetns(netnsPath(m.cfg.NetnsDir, NetnsName(m.cfg.Bridge, sandboxID))); err != nil {
 		errs = append(errs, err)
 	}
+	// What an earlier version attached under unscoped names (legacy.go).
+	if err := deleteLink(h, legacyHostVeth(sandboxID)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := deleteNetns(netnsPath(m.cfg.NetnsDir, legacyNetnsName(sandboxID))); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		// Keep the lease: the address may still be in use.
 		return fmt.Errorf("network: detach sandbox %s: %w", sandboxID, errors.Join(errs...))

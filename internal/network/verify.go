@@ -36,6 +36,10 @@ func (m *Manager) Verify(ctx context.Context, sandboxID string, ip netip.Addr) e
 		return fmt.Errorf("network: sandbox %s: repair %s: %w", sandboxID, step, err)
 	}
 	if !isNetnsMount(att.NetnsPath) {
+		if legacy := netnsPath(m.cfg.NetnsDir, legacyNetnsName(sandboxID)); isNetnsMount(legacy) {
+			m.log.Warn("sandbox network attached by an earlier version: not verified", "sandbox", sandboxID, "netns", legacy)
+			return nil
+		}
 		return lost("its network namespace %s is gone", att.NetnsPath)
 	}
 	sbNS, err := netns.GetFromPath(att.NetnsPath)

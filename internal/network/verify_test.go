@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -101,5 +102,45 @@ func TestVerify(t *testing.T) {
 				t.Errorf("ping after Verify: %v", err)
 			}
 		})
+	}
+}
+
+// TestLegacyAttachment: a sandbox attached by an earlier version (unscoped
+// names) that still runs after an upgrade is accepted by Verify and
+// removed by Detach.
+func TestLegacyAttachment(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	id := e.id()
+	ip, err := e.m.pool.Allocate(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := netnsPath(DefaultNetnsDir, legacyNetnsName(id))
+	if err := createNetns(path, nil); err != nil {
+		_ = deleteNetns(path)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = deleteNetns(path) })
+	veth := legacyHostVeth(id)
+	inNS(t, e.host, func(h *netlink.Handle) {
+		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: veth}, PeerName: "peer0"}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := e.m.Verify(ctx, id, ip); err != nil {
+		t.Errorf("Verify of a legacy attachment: %v", err)
+	}
+	if err := e.m.Detach(ctx, id); err != nil {
+		t.Fatalf("Detach: %v", err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("legacy namespace left: %v", err)
+	}
+	if links := nsLinks(t, e.host); slices.Contains(links, veth) || slices.Contains(links, "peer0") {
+		t.Errorf("legacy veth left: %v", links)
+	}
+	if err := e.m.Verify(ctx, id, ip); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Verify after Detach: got %v, want FailedPrecondition", err)
 	}
 }
