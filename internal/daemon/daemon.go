@@ -202,9 +202,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}
 
+	// The TCP listener is bound before the network is set up, so that the
+	// port sandboxes must not reach is the one actually bound (tcp_addr
+	// may name port 0). Serve closes it; this closes it on the failure
+	// paths before that.
+	var tl net.Listener
+	if addr := cfg.GRPC.TCPAddr; addr != "" {
+		if tl, err = listenTCP(ctx, addr); err != nil {
+			ul.Close()
+			return err
+		}
+		defer tl.Close()
+	}
+
 	var netMgr sandbox.Networker
 	if cfg.Network.Enabled {
-		nm, err := network.New(cfg.NetworkManagerConfig(log))
+		nm, err := network.New(networkConfig(&cfg, tl, log))
 		if err == nil {
 			err = nm.Setup(ctx)
 		}
@@ -273,12 +286,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	srvCfg := server.Config{Manager: mgr, Snapshots: mgr, Events: exchange, Health: hs, Logger: log,
 		Recovering: recovering.Load, EventSubscribers: server.NewSubscriberLimit(cfg.Daemon.MaxEventSubscribers)}
 	listeners := []listener{{name: "unix", srv: server.NewGRPCServer(srvCfg), l: ul}}
-	if addr := cfg.GRPC.TCPAddr; addr != "" {
+	if tl != nil {
 		opts, err := tcpServerOptions(cfg.GRPC, log)
-		var tl net.Listener
-		if err == nil {
-			tl, err = listenTCP(ctx, addr)
-		}
 		if err != nil {
 			ul.Close()
 			return errors.Join(err, d.stopManager(ctx, mgr))

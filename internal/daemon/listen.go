@@ -16,6 +16,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+
+	"github.com/firecracker-vmm/firecracker-vmm/internal/network"
 )
 
 // probeTimeout bounds the dial that checks whether a daemon already
@@ -127,4 +129,19 @@ func listenTCP(ctx context.Context, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("listening on %s: %w", addr, err)
 	}
 	return l, nil
+}
+
+// networkConfig returns the network manager's configuration with the TCP
+// API's port closed to sandboxes: the port tl is actually bound to (which
+// differs from the configured one when tcp_addr names port 0), or none
+// without a TCP listener.
+func networkConfig(cfg *Config, tl net.Listener, log *slog.Logger) network.Config {
+	nc := cfg.NetworkManagerConfig(log)
+	if tl == nil {
+		return nc
+	}
+	if a, ok := tl.Addr().(*net.TCPAddr); ok && a.Port > 0 && a.Port <= 0xffff {
+		nc.DenyTCPPorts = []uint16{uint16(a.Port)}
+	}
+	return nc
 }

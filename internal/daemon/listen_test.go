@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -130,5 +131,41 @@ func TestListenUnixPathTooLong(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Dir(path)); !os.IsNotExist(err) {
 		t.Errorf("directory created for an unusable path: %v", err)
+	}
+}
+
+// TestNetworkConfigDeniesTheBoundTCPPort: sandboxes must not reach the TCP
+// API on the port actually bound, also when tcp_addr names port 0 (a
+// random port, for which the configuration alone yields no block rule).
+func TestNetworkConfigDeniesTheBoundTCPPort(t *testing.T) {
+	log, _ := testLogger()
+	for _, tc := range []struct {
+		name   string
+		addr   string // tcp_addr; "" for no TCP listener
+		listen bool
+	}{
+		{name: "port 0", addr: "127.0.0.1:0", listen: true},
+		{name: "no TCP listener", addr: ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.GRPC.TCPAddr = tc.addr
+			cfg.derive()
+			var tl net.Listener
+			var want []uint16
+			if tc.listen {
+				l, err := listenTCP(t.Context(), tc.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer l.Close()
+				tl = l
+				want = []uint16{uint16(l.Addr().(*net.TCPAddr).Port)}
+			}
+			got := networkConfig(&cfg, tl, log).DenyTCPPorts
+			if !slices.Equal(got, want) {
+				t.Errorf("DenyTCPPorts = %v, want %v (bound %v)", got, want, tl)
+			}
+		})
 	}
 }

@@ -20,27 +20,22 @@ const (
 	stepNetns   = "netns"
 	stepInit    = "netns-init"
 	stepVeth    = "veth"
+	stepFilter  = "filter"
 	stepPort    = "port"
 	stepAddress = "address"
 	stepNAT     = "nat"
 )
 
-// Attach leases an address and builds the sandbox's namespace, veth, TAP and
-// NAT. On failure nothing is left behind. Exhaustion → errdefs.ErrResourceExhausted.
+// Attach leases an address and builds the sandbox's namespace, veth, TAP,
+// NAT and source filters (the guest may only send as GuestAddr from the TAP,
+// the sandbox only as its leased address into the bridge). On failure
+// nothing is left behind. Exhaustion → errdefs.ErrResourceExhausted.
 func (m *Manager) Attach(ctx context.Context, sandboxID string) (att Attachment, err error) {
-	if !validSandboxID(sandboxID) {
-		return Attachment{}, fmt.Errorf("network: invalid sandbox id %q: %w", sandboxID, errdefs.ErrInvalidArgument)
-	}
-	unlock, err := m.lock(ctx, sandboxID)
+	h, done, err := m.begin(ctx, sandboxID)
 	if err != nil {
 		return Attachment{}, err
 	}
-	defer unlock()
-	h, err := m.hostHandle()
-	if err != nil {
-		return Attachment{}, err
-	}
-	defer h.Close()
+	defer done()
 
 	ip, err := m.pool.Allocate(sandboxID)
 	if err != nil {
@@ -117,20 +112,23 @@ func (m *Manager) Attach(ctx context.Context, sandboxID string) (att Attachment,
 	if err := check(stepVeth); err != nil {
 		return att, err
 	}
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: att.HostVeth},
-		PeerName:      NamespaceIface,
-		PeerNamespace: netlink.NsFd(sbNS),
-	}
-	if err := h.LinkAdd(veth); err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			err = fmt.Errorf("host interface %s already exists: %w", att.HostVeth, errdefs.ErrAlreadyExists)
-		}
+	if err := addVeth(h, sbNS, att.HostVeth); err != nil {
 		return att, fail(stepVeth, err)
 	}
 	undo = append(undo, func() error { return deleteLink(h, att.HostVeth) })
 
-	// 3. The host end on the bridge, isolated, up.
+	// 3. The host end accepts only the sandbox's own address, before it
+	// joins the bridge.
+	if err := check(stepFilter); err != nil {
+		return att, err
+	}
+	portTable := portFilterTable(m.cfg.Bridge, att.HostVeth)
+	undo = append(undo, func() error { return deleteSourceFilter(m.hostNS, portTable) })
+	if err := applySourceFilter(m.hostNS, portTable, att.HostVeth, ip); err != nil {
+		return att, fail(stepFilter, err)
+	}
+
+	// 4. The host end on the bridge, isolated, up.
 	if err := check(stepPort); err != nil {
 		return att, err
 	}
@@ -138,7 +136,7 @@ func (m *Manager) Attach(ctx context.Context, sandboxID string) (att Attachment,
 		return att, fail(stepPort, err)
 	}
 
-	// 4. Address and default route inside the namespace.
+	// 5. Address and default route inside the namespace.
 	if err := check(stepAddress); err != nil {
 		return att, err
 	}
@@ -146,15 +144,37 @@ func (m *Manager) Attach(ctx context.Context, sandboxID string) (att Attachment,
 		return att, fail(stepAddress, err)
 	}
 
-	// 5. NAT between the unique address and the guest's.
+	// 6. NAT between the unique address and the guest's, and the guest
+	// held to its own address on the TAP.
 	if err := check(stepNAT); err != nil {
 		return att, err
 	}
 	if err := applySandboxTable(sbNS, ip); err != nil {
 		return att, fail(stepNAT, err)
 	}
+	if err := applySourceFilter(sbNS, TableName, TAPName, GuestAddr); err != nil {
+		return att, fail(stepNAT, err)
+	}
 	m.log.Debug("sandbox network attached", "sandbox", sandboxID, "ip", ip, "netns", att.NetnsPath)
 	return att, nil
+}
+
+// addVeth creates the veth pair whose host end is name, its peer created
+// directly in namespace sbNS under its final name, NamespaceIface. A taken
+// host name is errdefs.ErrAlreadyExists.
+func addVeth(h *netlink.Handle, sbNS netns.NsHandle, name string) error {
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: name},
+		PeerName:      NamespaceIface,
+		PeerNamespace: netlink.NsFd(sbNS),
+	}
+	if err := h.LinkAdd(veth); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("host interface %s already exists: %w", name, errdefs.ErrAlreadyExists)
+		}
+		return err
+	}
+	return nil
 }
 
 // ensureNetnsDir prepares NetnsDir once per manager.
@@ -262,26 +282,29 @@ func configureSandboxIface(ns netns.NsHandle, addr netip.Prefix, gw netip.Addr) 
 // Detach removes everything Attach built and releases the lease. Missing
 // pieces are not an error (idempotent).
 func (m *Manager) Detach(ctx context.Context, sandboxID string) error {
-	if !validSandboxID(sandboxID) {
-		return fmt.Errorf("network: invalid sandbox id %q: %w", sandboxID, errdefs.ErrInvalidArgument)
-	}
-	unlock, err := m.lock(ctx, sandboxID)
+	h, done, err := m.begin(ctx, sandboxID)
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	h, err := m.hostHandle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
+	defer done()
 	var errs []error
 	// The host veth first: deleting it removes its peer synchronously,
 	// while the namespace itself is cleaned up by the kernel later.
-	if err := deleteLink(h, HostVethName(sandboxID)); err != nil {
+	veth := HostVethName(m.cfg.Bridge, sandboxID)
+	if err := deleteLink(h, veth); err != nil {
 		errs = append(errs, err)
 	}
-	if err := deleteNetns(netnsPath(m.cfg.NetnsDir, NetnsPrefix+sandboxID)); err != nil {
+	if err := deleteSourceFilter(m.hostNS, portFilterTable(m.cfg.Bridge, veth)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := deleteNetns(netnsPath(m.cfg.NetnsDir, NetnsName(m.cfg.Bridge, sandboxID))); err != nil {
+		errs = append(errs, err)
+	}
+	// What an earlier version attached under unscoped names (legacy.go).
+	if err := deleteLink(h, legacyHostVeth(sandboxID)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := deleteNetns(netnsPath(m.cfg.NetnsDir, legacyNetnsName(sandboxID))); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {

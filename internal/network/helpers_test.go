@@ -125,7 +125,7 @@ func (e *testEnv) netnsLeft() []string {
 	entries, _ := os.ReadDir(e.m.cfg.NetnsDir)
 	var left []string
 	for _, d := range entries {
-		if strings.HasPrefix(d.Name(), NetnsPrefix+e.prefix) {
+		if strings.HasPrefix(d.Name(), netnsScope(e.m.cfg.Bridge)+e.prefix) {
 			left = append(left, d.Name())
 		}
 	}
@@ -480,4 +480,12 @@ func dialFrom(path string, addr netip.AddrPort, timeout time.Duration) error {
 		}
 		return c.Close()
 	})
+}
+
+// sameSet reports whether a and b hold the same strings, in any order.
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }

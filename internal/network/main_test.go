@@ -45,15 +45,15 @@ func (c checkedM) Run() int {
 	if c, err := nftables.New(); err == nil {
 		tables, _ := c.ListTables()
 		for _, t := range tables {
-			if t.Name == TableName {
-				fmt.Fprintf(os.Stderr, "nftables table %s left in the machine's namespace\n", TableName)
+			if strings.HasPrefix(t.Name, TableName) {
+				fmt.Fprintf(os.Stderr, "nftables table %s left in the machine's namespace\n", t.Name)
 				code = 1
 			}
 		}
 	}
 	entries, _ := os.ReadDir(DefaultNetnsDir)
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), NetnsPrefix+testIDMark) || strings.HasPrefix(e.Name(), testHostPrefix) {
+		if strings.HasPrefix(e.Name(), NetnsPrefix) && strings.Contains(e.Name(), "."+testIDMark) || strings.HasPrefix(e.Name(), testHostPrefix) {
 			fmt.Fprintf(os.Stderr, "namespace %s left in %s\n", e.Name(), DefaultNetnsDir)
 			code = 1
 		}

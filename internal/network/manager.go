@@ -93,6 +93,24 @@ func (m *Manager) hostHandle() (*netlink.Handle, error) {
 	return h, nil
 }
 
+// begin starts an operation on sandbox id: it checks the id, takes the
+// id's lock and opens a host netlink handle. done closes the handle and
+// releases the lock.
+func (m *Manager) begin(ctx context.Context, id string) (h *netlink.Handle, done func(), err error) {
+	if !validSandboxID(id) {
+		return nil, nil, fmt.Errorf("network: invalid sandbox id %q: %w", id, errdefs.ErrInvalidArgument)
+	}
+	unlock, err := m.lock(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if h, err = m.hostHandle(); err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return h, func() { h.Close(); unlock() }, nil
+}
+
 // lock serializes operations on one sandbox id. It returns the unlock
 // function, or ctx's error.
 func (m *Manager) lock(ctx context.Context, id string) (func(), error) {

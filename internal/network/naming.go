@@ -8,9 +8,36 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxSandboxID bounds sandbox ids; ids up to 13 bytes name the host veth
-// directly (HostVethPrefix+id fits IFNAMSIZ), longer ones through a hash.
+// maxSandboxID bounds sandbox ids; ids up to maxVethID bytes name the host
+// veth directly, longer ones through a hash.
 const maxSandboxID = 64
+
+// maxVethID is the longest sandbox id a host veth name holds as is:
+// HostVethPrefix, the 4-digit daemon tag and the id fit IFNAMSIZ.
+const maxVethID = unix.IFNAMSIZ - 1 - len(HostVethPrefix) - 4
+
+// The names of everything a Manager creates on the host are scoped by its
+// bridge, which no two daemons on one host share: its namespaces
+// (NetnsName), host veths (HostVethName) and nftables tables
+// (HostTableName, the port tables). A daemon therefore never lists,
+// replaces or deletes another daemon's objects. Sandbox ids cannot hold
+// '.', so the namespaces of a bridge "br" never match the prefix of those
+// of a bridge "br.x".
+
+// NetnsName returns the namespace name of sandbox id under bridge:
+// NetnsPrefix, the bridge, '.', the id.
+func NetnsName(bridge, id string) string { return netnsScope(bridge) + id }
+
+// netnsScope is the prefix of the namespace names of bridge's sandboxes.
+func netnsScope(bridge string) string { return NetnsPrefix + bridge + "." }
+
+// HostTableName returns the name of the host table (family inet) of the
+// daemon whose bridge is bridge.
+func HostTableName(bridge string) string { return TableName + "-" + bridge }
+
+// portFilterTable names the host table (family netdev) that filters the
+// sources arriving from the bridge port veth of bridge.
+func portFilterTable(bridge, veth string) string { return TableName + "-" + bridge + "-" + veth }
 
 // validSandboxID reports whether id can name a namespace and a veth.
 func validSandboxID(id string) bool {
@@ -25,20 +52,27 @@ func validSandboxID(id string) bool {
 	return true
 }
 
-// HostVethName returns the name of the host-side veth of sandbox id:
-// HostVethPrefix+id when it fits IFNAMSIZ, else HostVethPrefix and a hash.
-func HostVethName(id string) string {
-	if len(HostVethPrefix)+len(id) < unix.IFNAMSIZ {
-		return HostVethPrefix + id
+// HostVethName returns the name of the host-side veth of sandbox id under
+// bridge: HostVethPrefix, a 4-hex-digit tag of the bridge, and the id when
+// it fits IFNAMSIZ (maxVethID bytes), else a 9-hex-digit hash of it.
+// Collisions (of tags and hashes at once) are negligible, and a collision
+// fails Attach cleanly.
+func HostVethName(bridge, id string) string {
+	tag := fmt.Sprintf("%04x", fnv1a(bridge)&0xffff)
+	if len(id) <= maxVethID {
+		return HostVethPrefix + tag + id
 	}
-	// FNV-1a, 64 bits, as 13 hex digits: collisions between live
-	// sandboxes are negligible, and a collision fails Attach cleanly.
+	return fmt.Sprintf("%s%s%09x", HostVethPrefix, tag, fnv1a(id)&(1<<36-1))
+}
+
+// fnv1a is the 64-bit FNV-1a hash of s.
+func fnv1a(s string) uint64 {
 	h := uint64(14695981039346656037)
-	for _, c := range []byte(id) {
+	for _, c := range []byte(s) {
 		h ^= uint64(c)
 		h *= 1099511628211
 	}
-	return fmt.Sprintf("%s%013x", HostVethPrefix, h&(1<<52-1))
+	return h
 }
 
 // GuestMAC returns the stable guest MAC for a sandbox address:

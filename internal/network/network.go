@@ -3,11 +3,12 @@
 //
 // The model (namespaced NAT, as Firecracker documents for clones):
 //
-//	host namespace                     sandbox namespace vmm-<id>
+//	host namespace                     sandbox namespace vmm-<bridge>.<id>
 //	+----------------------------+     +-----------------------------------+
 //	| bridge  Gateway/len(CIDR)  |     | eth0  IP/len(CIDR), default via GW|
-//	|   +- vh<id> ==== veth =====|=====|= eth0                             |
-//	| table inet firecracker-vmm |     | table ip firecracker-vmm          |
+//	|   +- vh<tag><id> == veth ==|=====|= eth0                             |
+//	| table inet firecracker-vmm-|     | table ip firecracker-vmm          |
+//	|   <bridge>                 |     |                                   |
 //	|   masquerade CIDR egress   |     |   ip daddr IP dnat to 172.16.0.2  |
 //	|   no sandbox<->sandbox     |     |   ip saddr 172.16.0.2 snat to IP  |
 //	|   drop TCP to deny ports   |     | ip_forward=1                      |
@@ -26,6 +27,11 @@
 // AllowInterSandbox, so sandboxes cannot reach each other; the host table
 // also drops routed bridge-to-bridge traffic and TCP to DenyTCPPorts
 // arriving from the bridge.
+//
+// Sources are checked at both hops (antispoof.go): in the sandbox namespace
+// the TAP accepts only IPv4 from GuestAddr and ARP for it, and on the host
+// each bridge port (host veth) only IPv4 from the sandbox's leased address
+// and ARP for it; every other frame is dropped on ingress.
 package network
 
 import (
@@ -44,7 +50,8 @@ const (
 	NICID = "eth0"
 	// NamespaceIface is the name of the veth end inside the namespace.
 	NamespaceIface = "eth0"
-	// NetnsPrefix prefixes every namespace this package creates.
+	// NetnsPrefix prefixes every namespace this package creates (see
+	// NetnsName).
 	NetnsPrefix = "vmm-"
 	// HostVethPrefix prefixes every host-side veth this package creates.
 	HostVethPrefix = "vh"

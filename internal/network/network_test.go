@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -98,17 +99,25 @@ func TestNames(t *testing.T) {
 			t.Errorf("BootArg(%v) = %s, want %s", tc.dns, got, tc.want)
 		}
 	}
-	for _, id := range []string{"0123456789ab", "0123456789abc", "0123456789abcd", "a-much-longer-sandbox-identifier"} {
-		n := HostVethName(id)
-		if len(n) >= unix.IFNAMSIZ || !validIfname(n) {
-			t.Errorf("HostVethName(%q) = %q does not fit IFNAMSIZ", id, n)
+	for _, id := range []string{"012345678", "0123456789", "0123456789ab", "a-much-longer-sandbox-identifier"} {
+		for _, br := range []string{"vmmbr0", "a-long-bridge-x"} {
+			n := HostVethName(br, id)
+			if len(n) >= unix.IFNAMSIZ || !validIfname(n) {
+				t.Errorf("HostVethName(%q, %q) = %q does not fit IFNAMSIZ", br, id, n)
+			}
+			if n == HostVethName(br+"1", id) {
+				t.Errorf("HostVethName(%q, %q) = %q is not scoped by the bridge", br, id, n)
+			}
 		}
 	}
-	if HostVethName("0123456789ab") != "vh0123456789ab" {
-		t.Errorf("short id not used as is: %s", HostVethName("0123456789ab"))
+	if n := HostVethName("vmmbr0", "012345678"); !strings.HasPrefix(n, HostVethPrefix) || !strings.HasSuffix(n, "012345678") {
+		t.Errorf("short id not used as is: %s", n)
 	}
-	if HostVethName("a-much-longer-sandbox-identifier") == HostVethName("a-much-longer-sandbox-identifieR") {
+	if HostVethName("b", "a-much-longer-sandbox-identifier") == HostVethName("b", "a-much-longer-sandbox-identifieR") {
 		t.Error("hashed veth names collide")
+	}
+	if n := NetnsName("vmmbr0", "abc"); n != "vmm-vmmbr0.abc" {
+		t.Errorf("NetnsName = %s", n)
 	}
 }
 
@@ -161,8 +170,8 @@ func TestSetupIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(tables) != 1 || tables[0].Name != TableName || tables[0].Family != nftables.TableFamilyINet {
-		t.Fatalf("tables = %v, want one inet %s", nsTables(t, e.host), TableName)
+	if len(tables) != 1 || tables[0].Name != HostTableName("vmmbr0") || tables[0].Family != nftables.TableFamilyINet {
+		t.Fatalf("tables = %v, want one inet %s", nsTables(t, e.host), HostTableName("vmmbr0"))
 	}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -229,8 +238,8 @@ func TestAttach(t *testing.T) {
 	ctx := context.Background()
 	att := e.attach(ctx)
 
-	if att.SandboxID == "" || att.Netns != NetnsPrefix+att.SandboxID || att.NetnsPath != DefaultNetnsDir+"/"+att.Netns ||
-		att.TAP != TAPName || att.HostVeth != HostVethName(att.SandboxID) || att.PrefixLen != 24 ||
+	if att.SandboxID == "" || att.Netns != NetnsName("vmmbr0", att.SandboxID) || att.NetnsPath != DefaultNetnsDir+"/"+att.Netns ||
+		att.TAP != TAPName || att.HostVeth != HostVethName("vmmbr0", att.SandboxID) || att.PrefixLen != 24 ||
 		att.Gateway != e.m.cfg.Gateway || att.GuestIP != GuestAddr || att.GuestMAC != GuestMAC(att.IP) ||
 		att.BootArg != BootArg(e.m.cfg.DNS) || len(att.DNS) != 2 || !e.m.cfg.CIDR.Contains(att.IP) {
 		t.Errorf("attachment = %+v", att)
@@ -317,9 +326,11 @@ func TestAttach(t *testing.T) {
 	c, done := nsConn(t, att.NetnsPath)
 	defer done()
 	tables, err := c.ListTables()
-	if err != nil || len(tables) != 1 || tables[0].Name != TableName || tables[0].Family != nftables.TableFamilyIPv4 {
-		t.Fatalf("sandbox tables = %v, %v", nsTables(t, att.NetnsPath), err)
+	want := []string{fmt.Sprintf("%d/%s", nftables.TableFamilyIPv4, TableName), fmt.Sprintf("%d/%s", nftables.TableFamilyNetdev, TableName)}
+	if got := nsTables(t, att.NetnsPath); err != nil || !sameSet(got, want) {
+		t.Fatalf("sandbox tables = %v, %v; want %v", got, err, want)
 	}
+	tables = slices.DeleteFunc(tables, func(tb *nftables.Table) bool { return tb.Family != nftables.TableFamilyIPv4 })
 	for _, name := range []string{chainPrerouting, chainPostrouting} {
 		rules, err := c.GetRules(tables[0], &nftables.Chain{Name: name, Table: tables[0]})
 		if err != nil || len(rules) != 1 {
@@ -551,7 +562,7 @@ func TestExhaustion(t *testing.T) {
 	if !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Fatalf("6th Attach on a /29: got %v, want ResourceExhausted", err)
 	}
-	if _, err := os.Stat(netnsPath(DefaultNetnsDir, NetnsPrefix+id)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(netnsPath(DefaultNetnsDir, NetnsName(e.m.cfg.Bridge, id))); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("failed Attach left its namespace: %v", err)
 	}
 	if after := nsLinks(t, e.host); !slices.Equal(before, after) {
@@ -585,7 +596,7 @@ func TestAttachRollback(t *testing.T) {
 		{
 			name: "host veth name taken",
 			prepare: func(t *testing.T, id string) func() {
-				name := HostVethName(id)
+				name := HostVethName(e.m.cfg.Bridge, id)
 				inNS(t, e.host, func(h *netlink.Handle) {
 					if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
 						t.Fatal(err)
@@ -607,7 +618,7 @@ func TestAttachRollback(t *testing.T) {
 		{
 			name: "namespace name taken",
 			prepare: func(t *testing.T, id string) func() {
-				p := netnsPath(DefaultNetnsDir, NetnsPrefix+id)
+				p := netnsPath(DefaultNetnsDir, NetnsName(e.m.cfg.Bridge, id))
 				if err := os.WriteFile(p, nil, 0o444); err != nil {
 					t.Fatal(err)
 				}
@@ -628,7 +639,7 @@ func TestAttachRollback(t *testing.T) {
 			check: func(err error) bool { return errors.Is(err, context.Canceled) },
 		},
 	}
-	for _, step := range []string{stepNetns, stepInit, stepVeth, stepPort, stepAddress, stepNAT} {
+	for _, step := range []string{stepNetns, stepInit, stepVeth, stepFilter, stepPort, stepAddress, stepNAT} {
 		cases = append(cases, tc{
 			name: "fail at " + step,
 			prepare: func(t *testing.T, id string) func() {
@@ -713,7 +724,7 @@ func TestReserve(t *testing.T) {
 	if att.IP == ip {
 		t.Errorf("Attach handed out the reserved %s", ip)
 	}
-	if d := e.m.Describe(id, ip); d.IP != ip || d.NetnsPath != netnsPath(DefaultNetnsDir, NetnsPrefix+id) {
+	if d := e.m.Describe(id, ip); d.IP != ip || d.NetnsPath != netnsPath(DefaultNetnsDir, NetnsName(e.m.cfg.Bridge, id)) {
 		t.Errorf("Describe = %+v", d)
 	}
 	if err := e.m.Detach(context.Background(), id); err != nil { // releases the reservation
@@ -735,7 +746,7 @@ func TestAttachWithoutSetup(t *testing.T) {
 	if _, err := m.Attach(context.Background(), id); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("Attach before Setup: got %v, want FailedPrecondition", err)
 	}
-	if _, err := os.Stat(netnsPath(DefaultNetnsDir, NetnsPrefix+id)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(netnsPath(DefaultNetnsDir, NetnsName(m.cfg.Bridge, id))); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("namespace left: %v", err)
 	}
 	if len(leases(m)) != 0 {

@@ -1,6 +1,7 @@
 package network
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -11,8 +12,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TableName is the nftables table this package owns: family inet in the
-// host namespace, family ip in every sandbox namespace. Nothing else in
+// TableName is the nftables table this package owns in every sandbox
+// namespace (family ip, and family netdev for the TAP's source filter),
+// and the stem of its tables in the host namespace, which are scoped by
+// bridge (HostTableName, one netdev table per port). Nothing else in
 // either namespace is touched.
 const TableName = "firecracker-vmm"
 
@@ -42,9 +45,23 @@ func replaceTable(c *nftables.Conn, t *nftables.Table) {
 	c.AddTable(t)
 }
 
+// deleteTable removes table t from namespace ns; a missing table is not an
+// error.
+func deleteTable(ns netns.NsHandle, t *nftables.Table) error {
+	c, err := nftConn(ns)
+	if err != nil {
+		return err
+	}
+	c.DelTable(t)
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("nftables: delete table %s: %w", t.Name, err)
+	}
+	return nil
+}
+
 // applyHostTable builds the host table in namespace ns in one transaction:
 //
-//	table inet firecracker-vmm {
+//	table inet firecracker-vmm-BRIDGE {
 //	  chain postrouting { type nat hook postrouting priority srcnat
 //	    ip saddr CIDR oifname != BRIDGE masquerade }
 //	  chain forward { type filter hook forward priority filter; policy accept
@@ -60,7 +77,7 @@ func applyHostTable(ns netns.NsHandle, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	t := &nftables.Table{Name: HostTableName(cfg.Bridge), Family: nftables.TableFamilyINet}
 	replaceTable(c, t)
 	accept := nftables.ChainPolicyAccept
 	post := c.AddChain(&nftables.Chain{Name: chainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
@@ -92,7 +109,7 @@ func applyHostTable(ns netns.NsHandle, cfg Config) error {
 		rule(in, matchIfname(expr.MetaKeyIIFNAME, br, true), matchTCPDport(p), verdict(expr.VerdictDrop))
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: install table inet %s: %w", TableName, err)
+		return fmt.Errorf("nftables: install table inet %s: %w", t.Name, err)
 	}
 	return nil
 }

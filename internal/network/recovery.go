@@ -14,7 +14,7 @@ import (
 // Attach builds it, without touching the system (for callers that recover
 // sandboxes after a restart).
 func (m *Manager) Describe(sandboxID string, ip netip.Addr) Attachment {
-	name := NetnsPrefix + sandboxID
+	name := NetnsName(m.cfg.Bridge, sandboxID)
 	dns := m.cfg.DNS
 	if len(dns) > 2 {
 		dns = dns[:2]
@@ -24,7 +24,7 @@ func (m *Manager) Describe(sandboxID string, ip netip.Addr) Attachment {
 		Netns:     name,
 		NetnsPath: netnsPath(m.cfg.NetnsDir, name),
 		TAP:       TAPName,
-		HostVeth:  HostVethName(sandboxID),
+		HostVeth:  HostVethName(m.cfg.Bridge, sandboxID),
 		IP:        ip,
 		PrefixLen: m.cfg.CIDR.Bits(),
 		Gateway:   m.cfg.Gateway,
@@ -35,9 +35,10 @@ func (m *Manager) Describe(sandboxID string, ip netip.Addr) Attachment {
 	}
 }
 
-// ListNetns returns the ids of the sandboxes that have a namespace under
-// NetnsDir, attached by this manager or left by an earlier run (a caller
-// recovering after a restart Detaches those it does not know).
+// ListNetns returns the ids of the sandboxes that have a namespace of this
+// manager's bridge under NetnsDir, attached by this manager or left by an
+// earlier run (a caller recovering after a restart Detaches those it does
+// not know). Namespaces of other bridges (other daemons) are not listed.
 func (m *Manager) ListNetns() ([]string, error) {
 	entries, err := os.ReadDir(m.cfg.NetnsDir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -48,7 +49,7 @@ func (m *Manager) ListNetns() ([]string, error) {
 	}
 	var ids []string
 	for _, e := range entries {
-		if id, ok := strings.CutPrefix(e.Name(), NetnsPrefix); ok && validSandboxID(id) {
+		if id, ok := strings.CutPrefix(e.Name(), netnsScope(m.cfg.Bridge)); ok && validSandboxID(id) {
 			ids = append(ids, id)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 // teardown removes what m.Setup made: the host table and the bridge. Sandbox
@@ -21,7 +20,7 @@ func teardown(ctx context.Context, m *Manager) error {
 	}
 	defer h.Close()
 	var errs []error
-	if err := deleteHostTable(m.hostNS); err != nil {
+	if err := deleteHostTable(m.hostNS, m.cfg.Bridge); err != nil {
 		errs = append(errs, err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -45,15 +44,8 @@ func teardown(ctx context.Context, m *Manager) error {
 	return nil
 }
 
-// deleteHostTable removes the host table; a missing table is not an error.
-func deleteHostTable(ns netns.NsHandle) error {
-	c, err := nftConn(ns)
-	if err != nil {
-		return err
-	}
-	c.DelTable(&nftables.Table{Name: TableName, Family: nftables.TableFamilyINet})
-	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("nftables: delete table inet %s: %w", TableName, err)
-	}
-	return nil
+// deleteHostTable removes the host table of bridge; a missing table is not
+// an error.
+func deleteHostTable(ns netns.NsHandle, bridge string) error {
+	return deleteTable(ns, &nftables.Table{Name: HostTableName(bridge), Family: nftables.TableFamilyINet})
 }

@@ -720,12 +720,15 @@ func TestCheckSnapshotVersion(t *testing.T) {
 }
 
 // fakeNetworker hands out attachments with distinct addresses and a
-// distinct guest MAC per sandbox; failFor makes Attach fail.
+// distinct guest MAC per sandbox; failFor makes Attach fail, verifyErr
+// Verify.
 type fakeNetworker struct {
-	mu       sync.Mutex
-	n        int
-	attached map[string]bool
-	failFor  int // the failFor-th Attach fails (1-based; 0: never)
+	mu        sync.Mutex
+	n         int
+	attached  map[string]bool
+	failFor   int   // the failFor-th Attach fails (1-based; 0: never)
+	verifyErr error // what Verify returns
+	verified  []string
 }
 
 func (f *fakeNetworker) Attach(_ context.Context, id string) (network.Attachment, error) {
@@ -757,6 +760,13 @@ func (f *fakeNetworker) Detach(_ context.Context, id string) error {
 func (f *fakeNetworker) Reserve(string, netip.Addr) error { return nil }
 
 func (f *fakeNetworker) ListNetns() ([]string, error) { return nil, nil }
+
+func (f *fakeNetworker) Verify(_ context.Context, id string, _ netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.verified = append(f.verified, id)
+	return f.verifyErr
+}
 
 func (f *fakeNetworker) count() int {
 	f.mu.Lock()

@@ -171,6 +171,10 @@ type Networker interface {
 	Reserve(sandboxID string, ip netip.Addr) error
 	// ListNetns lists the ids of the sandbox namespaces found on the host.
 	ListNetns() ([]string, error)
+	// Verify checks, for a VMM re-adopted after a restart, the network of
+	// the sandbox holding ip (namespace, veth, TAP) and repairs what can
+	// be rebuilt; an error says the sandbox's network is lost.
+	Verify(ctx context.Context, sandboxID string, ip netip.Addr) error
 }
 
 var _ Networker = (*network.Manager)(nil)

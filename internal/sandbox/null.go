@@ -29,6 +29,9 @@ func (noNetwork) Reserve(string, netip.Addr) error { return nil }
 // ListNetns implements Networker.
 func (noNetwork) ListNetns() ([]string, error) { return nil, nil }
 
+// Verify implements Networker: there is nothing to check.
+func (noNetwork) Verify(context.Context, string, netip.Addr) error { return nil }
+
 // noSnapshots is the SnapshotCatalog of a daemon whose Firecracker cannot
 // take snapshots: there are none, and taking, pinning or deleting one is a
 // FailedPrecondition.

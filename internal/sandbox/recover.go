@@ -287,8 +287,10 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 	if untrusted != "" {
 		log.Error("sandbox record not trusted", "reason", untrusted)
 	}
+	var ip netip.Addr
 	if r.Network.IP != "" {
-		if ip, err := netip.ParseAddr(r.Network.IP); err != nil {
+		var err error
+		if ip, err = netip.ParseAddr(r.Network.IP); err != nil {
 			log.Error("stored address", "ip", r.Network.IP, "error", err)
 		} else if err := m.cfg.Network.Reserve(r.ID, ip); err != nil {
 			log.Error("taking back the address lease", "ip", ip, "error", err)
@@ -297,15 +299,28 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 
 	state := inst.rec.State
 	live := mach != nil && (state == StateReady || state == StateRunning || state == StateStarting)
+	// A re-adopted VMM is only as good as its network: what the host lost
+	// while the daemon was down is repaired, or the sandbox fails.
+	var netErr error
+	if live && ip.IsValid() {
+		if netErr = m.cfg.Network.Verify(ctx, r.ID, ip); netErr != nil {
+			log.Error("the re-adopted sandbox's network is lost", "error", netErr)
+			live = false
+		}
+	}
 	attrs := map[string]string{"reason": reasonDiedWhileDown}
 	if mach != nil && !live && !state.Final() {
-		// Caught half-way through a stop: finish it by killing the VMM.
+		// Caught half-way through a stop, or without its network: finish
+		// it by killing the VMM.
 		st, err := mach.Kill(context.WithoutCancel(ctx))
 		if err != nil {
-			log.Error("killing the VMM of an interrupted stop", "error", err)
+			log.Error("killing the VMM", "error", err)
 		}
 		attrs = exitAttrs(st)
 		attrs["reason"] = "the daemon stopped during a stop; the VMM was killed"
+		if netErr != nil {
+			attrs["reason"] = fmt.Sprintf("its network was lost while the daemon was down (%v); the VMM was killed", netErr)
+		}
 	}
 
 	inst.mu.Lock()
@@ -364,6 +379,9 @@ func (m *Manager) recoverOne(ctx context.Context, r store.SandboxRecord, mach ma
 	if untrusted != "" && state != StateStopping {
 		to, action = StateFailed, ActionFailed
 		attrs = map[string]string{"reason": untrusted}
+	}
+	if netErr != nil {
+		to, action = StateFailed, ActionFailed
 	}
 	inst.rec.Process.PID = 0
 	inst.pidStart = 0

@@ -216,7 +216,7 @@ func checkAdopted(t *testing.T, d *daemon, hostNS string, c adoptCase, before *s
 	if _, err := os.Stat(filepath.Join(d.data, "sandboxes", id)); !os.IsNotExist(err) {
 		t.Errorf("its directory after remove: %v", err)
 	}
-	if _, err := os.Stat("/run/netns/vmm-" + id); !os.IsNotExist(err) {
+	if _, err := os.Stat(sandboxNetns(id)); !os.IsNotExist(err) {
 		t.Errorf("its network namespace after remove: %v", err)
 	}
 	if jail != nil {
@@ -327,8 +327,9 @@ func sweepOnFailure(t *testing.T, d *daemon, jail *jailDirs) {
 		}
 		time.Sleep(100 * time.Millisecond)
 		for _, m := range sandboxIDInLog.FindAllStringSubmatch(d.logText(), -1) {
-			if _, err := os.Stat("/run/netns/vmm-" + m[1]); err == nil {
-				_ = exec.Command("ip", "netns", "del", "vmm-"+m[1]).Run()
+			ns := sandboxNetns(m[1])
+			if _, err := os.Stat(ns); err == nil {
+				_ = exec.Command("ip", "netns", "del", filepath.Base(ns)).Run()
 			}
 		}
 	})

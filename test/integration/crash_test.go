@@ -457,7 +457,7 @@ func checkNothingLeaked(t *testing.T, d *daemon, listed map[string]*sandboxv1.Sa
 		return
 	}
 	for _, m := range sandboxIDInLog.FindAllStringSubmatch(d.logText(), -1) {
-		_, err := os.Stat("/run/netns/vmm-" + m[1])
+		_, err := os.Stat(sandboxNetns(m[1]))
 		if _, ok := listed[m[1]]; ok != (err == nil) {
 			t.Errorf("sandbox %s: listed %v, network namespace exists %v", m[1], ok, err == nil)
 		}

@@ -223,10 +223,10 @@ func (d *daemon) stop() {
 	d.cmd = nil
 	d.log.Close()
 	// Every sandbox this daemon ever created must have lost its network
-	// namespace (vmm-<id>) by now, unless the daemon left its sandboxes
-	// running.
+	// namespace (vmm-<bridge>.<id>) by now, unless the daemon left its
+	// sandboxes running.
 	for _, m := range sandboxIDInLog.FindAllStringSubmatch(d.logText(), -1) {
-		ns := "/run/netns/vmm-" + m[1]
+		ns := sandboxNetns(m[1])
 		if _, err := os.Stat(ns); err == nil && !d.leaves() {
 			t.Errorf("sandbox network namespace %s left behind", ns)
 		}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,16 +43,30 @@ func hostNamespace(t *testing.T) (name, path string) {
 	return name, path
 }
 
-// sandboxNamespaces lists the named namespaces of sandboxes (vmm-<id>).
+// sandboxNamespaces lists the named namespaces of sandboxes, each as
+// vmm-<id> whatever the bridge that scopes it (vmm-<bridge>.<id>).
 func sandboxNamespaces() map[string]bool {
 	entries, _ := os.ReadDir("/run/netns")
 	m := map[string]bool{}
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "vmm-") {
-			m[e.Name()] = true
+		if rest, ok := strings.CutPrefix(e.Name(), "vmm-"); ok {
+			if i := strings.LastIndexByte(rest, '.'); i >= 0 {
+				rest = rest[i+1:]
+			}
+			m["vmm-"+rest] = true
 		}
 	}
 	return m
+}
+
+// sandboxNetns returns the path of sandbox id's network namespace
+// (/run/netns/vmm-<bridge>.<id>, whatever the bridge), or a path that does
+// not exist when it has none.
+func sandboxNetns(id string) string {
+	if paths, _ := filepath.Glob("/run/netns/vmm-*." + id); len(paths) == 1 {
+		return paths[0]
+	}
+	return "/run/netns/vmm-none." + id
 }
 
 // inNetns runs fn inside the namespace at path.
@@ -140,10 +156,21 @@ func TestNetworkInterSandboxAllowed(t *testing.T) {
 	}
 }
 
+// The daemon's TCP API is closed to sandboxes on the port it is bound to,
+// also when tcp_addr names port 0 (a random port, not in the config).
 func TestNetworkDaemonTCPAPIUnreachableFromSandboxes(t *testing.T) {
-	const port = 39091
-	d, hostNS := netDaemon(t, "bridge = \"vmmbr2\"\ncidr = \"10.202.0.0/24\"\n", "")
-	_ = hostNS
+	for _, tc := range []struct {
+		name string
+		port int
+	}{{"configured port", 39091}, {"port 0", 0}} {
+		t.Run(tc.name, func(t *testing.T) { testTCPAPIUnreachable(t, tc.port) })
+	}
+}
+
+// testTCPAPIUnreachable runs a daemon whose TCP API listens on every host
+// address at port and checks sandboxes cannot reach it while the host can.
+func testTCPAPIUnreachable(t *testing.T, port int) {
+	d, _ := netDaemon(t, "bridge = \"vmmbr2\"\ncidr = \"10.202.0.0/24\"\n", "")
 	// The TCP API listens on every address of the host namespace.
 	d.stop()
 	conf, err := os.ReadFile(d.config)
@@ -155,6 +182,13 @@ func TestNetworkDaemonTCPAPIUnreachableFromSandboxes(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.start()
+	if port == 0 {
+		m := regexp.MustCompile(`vmm-daemon ready.* tcp=\S*:(\d+)`).FindAllStringSubmatch(d.logText(), -1)
+		if len(m) == 0 {
+			t.Fatalf("no bound TCP port in the log:\n%s", d.logText())
+		}
+		port, _ = strconv.Atoi(m[len(m)-1][1])
+	}
 	s := createReady(t, d)
 	var fromSandbox, fromHost error
 	inNetns(t, "/run/netns/"+s.GetNetwork().GetNetns(), func() {
@@ -262,7 +296,15 @@ func TestNetworkRestartTwiceLeavesOneBridgeAndOneTable(t *testing.T) {
 	if got := strings.Count(string(addrs), "10.205.0.1/24"); got != 1 {
 		t.Fatalf("gateway address present %d times:\n%s", got, addrs)
 	}
-	if tables := nftTables(t, d.netns); tables["firecracker-vmm"] != 1 || len(tables) != 1 {
+	// One host table, and one source filter table per sandbox's port.
+	tables := nftTables(t, d.netns)
+	ports := 0
+	for name, n := range tables {
+		if strings.HasPrefix(name, "firecracker-vmm-vmmbr5-vh") && n == 1 {
+			ports++
+		}
+	}
+	if tables["firecracker-vmm-vmmbr5"] != 1 || ports == 0 || len(tables) != 1+ports {
 		t.Fatalf("nftables tables in the host namespace after two restarts: %v", tables)
 	}
 	if !ping(t, hostNS, s.GetNetwork().GetIpAddress()) {
