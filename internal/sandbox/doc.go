@@ -77,6 +77,14 @@
 // VMM call or an event backfill, and they may show a change before it is
 // durable.
 //
+// No operation holds the operation lock unboundedly: every VMM call made
+// under it has its own time limit (a checkpoint's pause, snapshot and
+// resumes), and a checkpoint can be preempted: Remove --force and TTL
+// expiry cancel it at once, Stop after its graceful timeout; the
+// checkpoint then fails with Aborted and the preempting operation kills
+// the VMM. A VM a checkpoint cannot resume is killed and its sandbox
+// FAILED, never reported READY while paused once the limits have passed.
+//
 // Every goroutine the manager starts (boot or restore, VMM watcher, TTL
 // expiry) is tracked by a WaitGroup; Shutdown stops every sandbox and
 // waits for all of them.
