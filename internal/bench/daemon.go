@@ -85,12 +85,17 @@ boot_args = %q
 
 [limits]
 max_sandboxes = %d
+# Emulated guests use no host memory or CPU of their own: the host budget
+# is sized to what the benchmark creates.
+max_total_vcpus = %d
+max_total_memory_mib = %d
 allowed_dirs = [%q, %q]
 
 [daemon]
 log_level = "warn"
 on_shutdown = "stop"
 `, fc, filepath.Join(dir, "data"), sock, o.VCPUs, o.MemoryMiB, o.kernel(), o.rootfs(), bootArgs, networkConf(netns), o.N+o.Snapshots+10,
+		(o.N+o.Snapshots+10)*o.VCPUs, (o.N+o.Snapshots+10)*o.MemoryMiB,
 		filepath.Dir(o.kernel()), filepath.Dir(o.rootfs()))
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return nil, err

@@ -154,7 +154,10 @@ func newLeaver(o Options, label string) (*leaver, error) {
 		"[network]\nenabled = false",
 		fmt.Sprintf("[defaults]\nvcpus = %d\nmemory_mib = %d\nkernel = %q\nrootfs = %q\nboot_args = %q",
 			o.VCPUs, o.MemoryMiB, o.kernel(), o.rootfs(), bootArgs),
-		fmt.Sprintf("[limits]\nmax_sandboxes = %d\nallowed_dirs = [%q, %q]", o.N+10, filepath.Dir(o.kernel()), filepath.Dir(o.rootfs())),
+		// Emulated guests use no host memory or CPU of their own: the
+		// host budget is sized to what the benchmark creates.
+		fmt.Sprintf("[limits]\nmax_sandboxes = %d\nmax_total_vcpus = %d\nmax_total_memory_mib = %d\nallowed_dirs = [%q, %q]",
+			o.N+10, (o.N+10)*o.VCPUs, (o.N+10)*o.MemoryMiB, filepath.Dir(o.kernel()), filepath.Dir(o.rootfs())),
 		"[daemon]\nlog_level = \"warn\"\non_shutdown = \"leave\"",
 	}
 	return d, os.WriteFile(d.config, []byte(strings.Join(sections, "\n\n")+"\n"), 0o600)
